@@ -1,0 +1,78 @@
+"""Batched per-sample augmentation on the training device (kornia).
+
+Every image in a batch gets its own random crop, flip, jitter... (kornia draws parameters per
+sample; torchvision.transforms.v2 would draw ONE set per call on a batch, which makes all views
+of a batch share a crop and quietly weakens contrastive learning). Input is the uint8 batch
+straight from memory; there is no per-image Python anywhere on this path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """One augmented view; SimCLR's recipe by default (Chen et al. 2020, App. A).
+
+    ``strength`` scales the colour jitter (SimCLR's s). ``size`` None keeps the dataset's size.
+    Colour-only operations (saturation, hue, grayscale) are skipped on single-channel images.
+    """
+
+    size: int | None = None
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    strength: float = 0.5
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+
+
+def build_pipeline(view: ViewConfig, channels: int, image_size: int) -> nn.Module:
+    size = view.size or image_size
+    s = view.strength
+    ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=view.scale, ratio=view.ratio)]
+    if view.flip_p > 0:
+        ops.append(K.RandomHorizontalFlip(p=view.flip_p))
+    if view.jitter_p > 0 and s > 0:
+        if channels == 3:
+            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=view.jitter_p))
+        else:
+            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, p=view.jitter_p))
+    if channels == 3 and view.gray_p > 0:
+        ops.append(K.RandomGrayscale(p=view.gray_p))
+    if view.blur_p > 0:
+        # SimCLR blurs with a kernel of 10% of the image side, sigma in [0.1, 2.0].
+        k = max(3, int(0.1 * size) // 2 * 2 + 1)
+        ops.append(K.RandomGaussianBlur((k, k), (0.1, 2.0), p=view.blur_p))
+    if view.solarize_p > 0:
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize_p))
+    return nn.Sequential(*ops)
+
+
+class Augmenter:
+    """Turns a uint8 batch (N, C, H, W) into normalised float views, one pipeline per view."""
+
+    def __init__(self, views: tuple[ViewConfig, ...], channels: int, image_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu") -> None:
+        self.views = views
+        self.pipelines = [build_pipeline(v, channels, image_size).to(device) for v in views]
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def to_float(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return images_u8.float().div_(255)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def __call__(self, images_u8: torch.Tensor) -> list[torch.Tensor]:
+        x = self.to_float(images_u8)
+        return [self.normalise(p(x)) for p in self.pipelines]
