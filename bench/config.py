@@ -49,7 +49,7 @@ class RunConfig:
     backbone_args: dict[str, Any] = field(default_factory=dict)
     per_class: int | None = None  # training subset: this many images per class
     test_per_class: int | None = None
-    protocols: tuple[str, ...] = ("knn", "linear")
+    protocols: tuple[str, ...] | None = None  # None: every registered protocol
     suite: str = "adhoc"
     deterministic: bool = False
     amp: bool = True  # bf16 autocast, used on CUDA only

@@ -1,0 +1,136 @@
+"""`repbench run`: one configuration, or a named suite, ending with its results table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.args import float_range, int_range
+from bench.config import UNIFIED_RECIPE, RunConfig
+from bench.errors import UsageError
+
+NAME = "run"
+HELP = "train and evaluate one method, or every config of a suite (--suite)"
+
+# Flags that describe a single configuration; a suite fixes them itself.
+SINGLE_RUN_FLAGS = ("method", "dataset", "backbone", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
+                    "seed", "recipe", "per_class", "test_per_class", "method_arg")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", help="run a named suite (see 'repbench list suites')")
+    p.add_argument("--method", help="method name (see 'repbench list methods')")
+    p.add_argument("--dataset", help="dataset name (see 'repbench list datasets')")
+    p.add_argument("--backbone", help="backbone name (default convnet)")
+    p.add_argument("--epochs", type=int_range(1, 100_000))
+    p.add_argument("--batch-size", type=int_range(2, 1 << 20))
+    p.add_argument("--lr", type=float_range(0, 100, open_lo=True), help="base learning rate for batch 256")
+    p.add_argument("--weight-decay", type=float_range(0, 10))
+    p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"])
+    p.add_argument("--recipe", choices=["unified", "paper"], help="shared recipe (default) or the method's paper recipe")
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1))
+    p.add_argument("--per-class", type=int_range(1), help="train on this many images per class")
+    p.add_argument("--test-per-class", type=int_range(1), help="test on this many images per class")
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="override a method option (repeatable)")
+    p.add_argument("--protocols", help="comma-separated protocols (default: all registered)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--out", default="results", help="results directory (default results/)")
+    p.add_argument("--resume", action="store_true", help="continue from each run's last checkpoint")
+    p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms; same record twice on CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_method_args(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--method-arg {pair!r} is not KEY=VALUE (e.g. --method-arg temperature=0.2)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def single_config(a: argparse.Namespace) -> RunConfig:
+    import methods
+
+    if not a.method or not a.dataset:
+        raise UsageError("give --method and --dataset (or --suite NAME); see 'repbench list methods|datasets'")
+    cls = methods.METHODS.get(a.method)
+    recipe = cls.paper_recipe if a.recipe == "paper" else UNIFIED_RECIPE
+    overrides = {k: v for k, v in (("lr", a.lr), ("weight_decay", a.weight_decay), ("optimizer", a.optimizer))
+                 if v is not None}
+    name = a.recipe or "unified"
+    if overrides:
+        recipe, name = replace(recipe, **overrides), f"{name}+custom"
+    return RunConfig(method=a.method, dataset=a.dataset, backbone=a.backbone or "convnet", epochs=a.epochs or 1,
+                     batch_size=a.batch_size or 256, seed=a.seed or 0, device=a.device, recipe=recipe, recipe_name=name,
+                     method_args=parse_method_args(a.method_arg), per_class=a.per_class,
+                     test_per_class=a.test_per_class, deterministic=a.deterministic)
+
+
+def suite_configs(a: argparse.Namespace) -> list[RunConfig]:
+    from bench.suites import SUITES
+
+    given = [f"--{f.replace('_', '-')}" for f in SINGLE_RUN_FLAGS if getattr(a, f) is not None]
+    if given:
+        raise UsageError(f"--suite fixes its own configs; drop {', '.join(given)} or run without --suite")
+    return [replace(c, device=a.device, deterministic=a.deterministic or c.deterministic) for c in SUITES.get(a.suite)()]
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail before any work when the results directory cannot be written."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write results under {out} ({probe} is not a writable directory); pass --out DIR")
+
+
+def run(a: argparse.Namespace) -> int:
+    from bench.pipeline import validate
+
+    configs = suite_configs(a) if a.suite else [single_config(a)]
+    if a.protocols:
+        configs = [replace(c, protocols=tuple(p.strip() for p in a.protocols.split(",") if p.strip())) for c in configs]
+    for c in configs:
+        validate(c)
+    out = Path(a.out)
+    check_out_dir(out)
+    return execute(configs, out, a)
+
+
+def execute(configs: list[RunConfig], out: Path, a: argparse.Namespace) -> int:
+    from bench.data import load_dataset
+    from bench.pipeline import run_dir_for, run_one
+    from bench.report import write_table
+
+    t0 = time.perf_counter()
+    cache: dict = {}
+    for i, c in enumerate(configs, 1):
+        key = (c.dataset, c.per_class, c.test_per_class)
+        if key not in cache:  # a suite loads each dataset once
+            cache = {key: load_dataset(c.dataset, a.data_root, c.per_class, c.test_per_class)}
+        t = time.perf_counter()
+        rec = run_one(c, out, a.data_root, a.resume, progress=not a.no_progress and sys.stderr.isatty(), ds=cache[key])
+        print(f"[{i}/{len(configs)}] {c.run_id()} {rec['status']} {summary_line(rec['metrics'])} "
+              f"({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
+    runs = run_dir_for(configs[0], out).parent if a.suite else run_dir_for(configs[0], out)
+    text, md, _ = write_table(runs, runs)
+    print(text)
+    print(f"{len(configs)} run(s) in {time.perf_counter() - t0:.0f} s; table written to {md}", file=sys.stderr)
+    return 0
+
+
+def summary_line(metrics: dict) -> str:
+    parts = [f"{k} {v['top1'] * 100:.1f}" for k, v in metrics.items()
+             if k in ("knn", "linear") and isinstance(v.get("top1"), float)]
+    return " ".join(parts)

@@ -1,0 +1,45 @@
+"""Named suites: functions returning the list of RunConfig to run. Docstrings give the command and the
+expected numbers (measured; see README), as big_vision's presets do.
+
+Both suites include EVERY registered method, so a new method file joins them with no edit here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import methods
+from bench.config import RunConfig
+from bench.registry import Registry
+
+SUITES: Registry[Callable[[], list[RunConfig]]] = Registry("suite")
+
+
+@SUITES.register("smoke")
+def smoke() -> list[RunConfig]:
+    """Every registered method, 1 epoch on scikit-learn's 8x8 digits, batch 128, seed 0; the tests run it.
+
+    Command: ``repbench run --suite smoke``. Target: under 60 s on 2 cores. Numbers are meaningless
+    beyond "finite, recorded, every protocol present".
+    """
+    return [RunConfig(method=m, dataset="digits", backbone="convnet", epochs=1, batch_size=128,
+                      seed=0, suite="smoke") for m in methods.METHODS.names()]
+
+
+QUICK_PER_CLASS = 500
+QUICK_EPOCHS = 2
+QUICK_SEEDS = (0, 1, 2)
+
+
+@SUITES.register("quick")
+def quick() -> list[RunConfig]:
+    """Every registered method on Fashion-MNIST, convnet, seeds 0/1/2: the main job.
+
+    Budget: 500 training images per class (5,000, one fixed seeded subset), 2 epochs, batch 256, the
+    unified recipe (SGD momentum 0.9, lr 0.06 x bs/256, wd 5e-4, cosine); protocols on the 5,000
+    training features and the full 10,000-image test split. Command: ``repbench run --suite quick``
+    (about 20 minutes on 2 cores). Measured numbers: README.md.
+    """
+    return [RunConfig(method=m, dataset="fashion-mnist", backbone="convnet", epochs=QUICK_EPOCHS,
+                      batch_size=256, seed=s, per_class=QUICK_PER_CLASS, suite="quick")
+            for m in methods.METHODS.names() for s in QUICK_SEEDS]

@@ -1,0 +1,230 @@
+"""The one training loop every method runs through.
+
+Data stays in memory (on the GPU when there is one) as uint8; each step gathers a batch by index and
+augments it batched on the device. The loop owns optimiser, schedule, AMP, checkpoints, the
+throughput meter and the watchdogs (divergence, collapse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.augment import Augmenter
+from bench.config import RunConfig
+from bench.data import Dataset
+from bench.optim import build_optimizer, build_scheduler
+from bench.store import load_checkpoint, save_checkpoint
+from methods.base import Batch, Method
+
+CHECKPOINT = "checkpoint.pt"
+# Healthy L2-normalised embeddings have a per-dimension std near 1/sqrt(D) (Tian et al./SimSiam Sec. 4);
+# a run whose std falls 20x below that has collapsed to (nearly) one point.
+COLLAPSE_STD_RATIO = 0.05
+
+
+@dataclass
+class Meter:
+    """Throughput: images per second (an image in two views counts once) and the data-wait share."""
+
+    images: int = 0
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        total = self.data_s + self.compute_s
+        return {"images": self.images, "seconds": round(total, 3),
+                "images_per_s": round(self.images / total, 1) if total else 0.0,
+                "data_wait_share": round(self.data_s / total, 4) if total else 0.0,
+                "peak_mem_mb": round(self.peak_mem_mb, 1)}
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step: int = 0
+    status: str = "ok"  # ok | diverged | collapsed
+    status_detail: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
+    """Std of L2-normalised embeddings x sqrt(D) (1 healthy, 0 collapsed) and effective rank (Roy & Vetterli 2007)."""
+    was = method.training
+    method.eval()
+    z = method.embed(probe).float()
+    method.train(was)
+    z = torch.nn.functional.normalize(z, dim=1)
+    std_ratio = float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+    s = torch.linalg.svdvals(z - z.mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    erank = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return {"embed_std_ratio": round(std_ratio, 4), "effective_rank": round(erank, 2)}
+
+
+class Trainer:
+    def __init__(self, method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, progress: bool = True) -> None:
+        self.method, self.ds, self.cfg, self.run_dir, self.progress = method, ds, cfg, Path(run_dir), progress
+        self.device = torch.device(cfg.device)
+        self.images = ds.train_x.to(self.device)
+        self.labels = ds.train_y.to(self.device)
+        mean, std = ds.mean_std()
+        self.augment = Augmenter(method.views, ds.channels, ds.image_size, mean, std, self.device)
+        self.text = getattr(method, "train_tokens", None)
+        self.steps_per_epoch = max(1, len(self.images) // cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.opt = build_optimizer(method, cfg.recipe, cfg.batch_size)
+        self.sched = build_scheduler(self.opt, cfg.recipe, self.total_steps, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(cfg.seed)
+        probe_idx = torch.randperm(len(self.images), generator=g)[:512].to(self.device)
+        self.probe = self.augment.normalise(self.augment.to_float(self.images[probe_idx]))
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.meter = Meter()
+        self.state = TrainState()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, {
+            "model": self.method.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "epoch": self.state.epoch, "step": self.state.step,
+            "status": self.state.status, "status_detail": self.state.status_detail,
+            "history": self.state.history, "rng": rng_state(), "config_key": self.cfg.key(),
+            "meter": self.meter.__dict__,
+        })
+
+    def restore(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        ckpt = load_checkpoint(path)
+        if ckpt.get("config_key") != self.cfg.key():
+            from bench.errors import UsageError
+
+            raise UsageError(f"checkpoint {path} belongs to another configuration; delete it or rerun without --resume")
+        self.method.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["status"], ckpt["status_detail"], ckpt["history"])
+        self.meter = Meter(**ckpt["meter"])
+        set_rng_state(ckpt["rng"])
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        x = self.images[idx]
+        views = self.augment(x)
+        if self.device.type == "cuda":
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        images = self.augment.normalise(self.augment.to_float(x))
+        text = self.text[idx.to(self.text.device)].to(self.device) if self.text is not None else None
+        return Batch(views=views, images=images, labels=self.labels[idx], index=idx, text=text)
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        with autocast:
+            out = self.method.training_step(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            return out
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.state.step += 1
+        self.method.on_step_end(self.state.step, self.total_steps)
+        return out
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run_epoch(self, epoch: int) -> None:
+        # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.images), generator=g).to(self.device)
+        losses = []
+        bar = tqdm(range(self.steps_per_epoch), desc=f"{self.cfg.method} ep {epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for i in bar:
+            t0 = time.perf_counter()
+            batch = self.batch(order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
+            self._sync()
+            t1 = time.perf_counter()
+            out = self.step(batch)
+            loss = float(out["loss"].detach())
+            self._sync()
+            self.meter.data_s += t1 - t0
+            self.meter.compute_s += time.perf_counter() - t1
+            self.meter.images += len(batch.labels)
+            if not math.isfinite(loss):
+                self.state.status = "diverged"
+                self.state.status_detail = {"step": self.state.step + 1, "epoch": epoch + 1, "loss": loss}
+                return
+            losses.append(loss)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{self.meter.summary()['images_per_s']:.0f}")
+        entry = {"epoch": epoch + 1, "step": self.state.step, "loss": float(np.mean(losses)),
+                 "lr": self.opt.param_groups[0]["lr"], **collapse_stats(self.method, self.probe)}
+        self.state.history.append(entry)
+        if entry["embed_std_ratio"] < COLLAPSE_STD_RATIO:
+            self.state.status = "collapsed"
+            self.state.status_detail = {"epoch": epoch + 1, "embed_std_ratio": entry["embed_std_ratio"]}
+
+    def fit(self, resume: bool = False) -> TrainState:
+        if resume:
+            self.restore()
+        self.method.train()
+        while self.state.epoch < self.cfg.epochs and self.state.status == "ok":
+            self.run_epoch(self.state.epoch)
+            self.state.epoch += 1
+            self.save()
+        if self.device.type == "cuda":
+            self.meter.peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            import resource
+
+            self.meter.peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self.state
+
+    def summary(self) -> dict[str, Any]:
+        warmup = round(self.cfg.recipe.warmup_epochs * self.steps_per_epoch)
+        return {"steps": self.state.step, "epochs": self.state.epoch, "steps_per_epoch": self.steps_per_epoch,
+                "lr": self.cfg.recipe.scaled_lr(self.cfg.batch_size), "warmup_steps": min(warmup, self.total_steps // 10),
+                "history": self.state.history}

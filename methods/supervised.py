@@ -1,0 +1,43 @@
+"""Supervised cross-entropy on one augmented view: the reference every self-supervised number is read against.
+
+Features are the backbone's output, before the classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.augment import ViewConfig
+from bench.config import Recipe
+from methods.base import METHODS, Batch, Context, Method
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    label_smoothing: float = 0.0
+    crop_scale_min: float = 0.2
+    jitter_strength: float = 0.0  # standard supervised recipes use crop + flip only
+
+
+@METHODS.register("supervised")
+class Supervised(Method):
+    Config = SupervisedConfig
+    # He et al. 2016 (ResNet): SGD momentum 0.9, lr 0.1 x bs/256, wd 1e-4.
+    paper_recipe = Recipe(optimizer="sgd", lr=0.1, weight_decay=1e-4)
+
+    def __init__(self, ctx: Context, cfg: SupervisedConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ctx.make_backbone()
+        self.classifier = nn.Linear(self.encoder.feature_dim, ctx.num_classes)
+        self.views = (ViewConfig(scale=(cfg.crop_scale_min, 1.0), strength=cfg.jitter_strength, gray_p=0.0),)
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = self.classifier(self.encoder(batch.views[0]))
+        loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.cfg.label_smoothing)
+        acc = (logits.argmax(1) == batch.labels).float().mean()
+        return {"loss": loss, "train_acc": acc.detach()}
