@@ -104,6 +104,8 @@ def measure_per_image(trainer: Trainer, steps: int, warmup: int = 5, workers: in
         while True:
             for vs, y, idx in loader:
                 dev = trainer.device
-                yield Batch(views=[v.to(dev) for v in vs], images=vs[0].to(dev), labels=y.to(dev), index=idx.to(dev))
+                # Same memory format as repbench's path, so only the data pipeline differs.
+                views = [v.to(dev).contiguous(memory_format=torch.channels_last) for v in vs]
+                yield Batch(views=views, images=vs[0].to(dev), labels=y.to(dev), index=idx.to(dev))
 
     return _timed_steps(trainer, batches(), steps, warmup)

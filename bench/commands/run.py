@@ -99,7 +99,7 @@ def run(a: argparse.Namespace) -> int:
     from bench.pipeline import validate
 
     configs = suite_configs(a) if a.suite else [single_config(a)]
-    if a.protocols:
+    if a.protocols is not None:  # "" means no protocol (train only)
         configs = [replace(c, protocols=tuple(p.strip() for p in a.protocols.split(",") if p.strip())) for c in configs]
     for c in configs:
         validate(c)
