@@ -16,7 +16,7 @@ from bench.store import atomic_write_bytes
 # (result key pattern, value field) pairs shown by default; fnmatch patterns on the key.
 DEFAULT_COLUMNS = ("knn.top1", "knn_k200.top1", "linear.top1", "kmeans.nmi", "kmeans.acc", "fewshot*.top1",
                    "zero-shot*.top1", "reconstruction*.mse")
-GROUP = ["suite", "dataset", "backbone", "method", "recipe"]
+GROUP = ["suite", "dataset", "backbone", "method", "variant", "recipe", "epochs", "train_n"]
 
 
 def load_records(runs: Path) -> list[dict]:
@@ -39,7 +39,9 @@ def flatten(records: list[dict], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> 
     for r in records:
         c = r["config"]
         row = {"suite": c["suite"], "dataset": c["dataset"], "backbone": c["backbone"], "method": c["method"],
-               "recipe": c.get("recipe_name", "unified"), "seed": c["seed"], "status": r.get("status", "ok"),
+               "variant": ",".join(f"{k}={v}" for k, v in sorted(c.get("method_args", {}).items())) or "-",
+               "recipe": c.get("recipe_name", "unified"), "epochs": c.get("epochs"),
+               "train_n": r.get("data", {}).get("train"), "seed": c["seed"], "status": r.get("status", "ok"),
                "train_s": r.get("timing", {}).get("train_s"),
                "img_per_s": r.get("throughput", {}).get("images_per_s")}
         for key, entry in r.get("metrics", {}).items():
@@ -86,7 +88,9 @@ def _fmt(mean: float, ci: float, scale: float, digits: int) -> str:
 def markdown(agg: pd.DataFrame) -> str:
     metric_cols = sorted({c.rsplit(".", 1)[0] for c in agg.columns if c.endswith(".mean")} - {"train_s"},
                          key=_column_order)
-    shown = pd.DataFrame({k: agg[k] for k in ["method", "backbone", "dataset", "recipe", "seeds"]})
+    cols = ["method", "variant", "backbone", "dataset", "recipe", "epochs", "train_n", "seeds"]
+    # Columns that are the same on every row say nothing; keep the table narrow.
+    shown = pd.DataFrame({k: agg[k] for k in cols if k in ("method", "seeds") or agg[k].nunique(dropna=False) > 1})
     for c in metric_cols:
         pct = not c.endswith(".mse")
         shown[c + (" %" if pct else "")] = [_fmt(m, e, 100 if pct else 1, 1 if pct else 4)
@@ -105,9 +109,13 @@ def _column_order(col: str) -> tuple[int, str]:
     return len(DEFAULT_COLUMNS), col
 
 
-def write_table(runs: Path, out: Path, columns: tuple[str, ...] = DEFAULT_COLUMNS) -> tuple[str, Path, Path]:
-    agg = aggregate(flatten(load_records(runs), columns))
-    text = "Mean ± 95% CI (t-interval) over seeds.\n\n" + markdown(agg) + "\n"
+def write_table(runs: Path, out: Path, columns: tuple[str, ...] = DEFAULT_COLUMNS,
+                records: list[dict] | None = None) -> tuple[str, Path, Path]:
+    """Aggregate ``records`` (default: every record.json under ``runs``) into out/table.md and out/table.csv."""
+    agg = aggregate(flatten(records if records is not None else load_records(runs), columns))
+    common = {k: agg[k].iloc[0] for k in ("backbone", "dataset", "recipe", "epochs", "train_n") if agg[k].nunique() == 1}
+    setting = ", ".join(f"{k} {v}" for k, v in common.items())
+    text = f"Mean ± 95% CI (t-interval) over seeds; {setting}.\n\n" + markdown(agg) + "\n"
     md, csv = Path(out) / "table.md", Path(out) / "table.csv"
     atomic_write_bytes(md, text.encode())
     atomic_write_bytes(csv, agg.to_csv(index=False).encode())

@@ -115,16 +115,19 @@ def execute(configs: list[RunConfig], out: Path, a: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cache: dict = {}
+    records = []
     for i, c in enumerate(configs, 1):
         key = (c.dataset, c.per_class, c.test_per_class)
         if key not in cache:  # a suite loads each dataset once
             cache = {key: load_dataset(c.dataset, a.data_root, c.per_class, c.test_per_class)}
         t = time.perf_counter()
         rec = run_one(c, out, a.data_root, a.resume, progress=not a.no_progress and sys.stderr.isatty(), ds=cache[key])
+        records.append(rec)
         print(f"[{i}/{len(configs)}] {c.run_id()} {rec['status']} {summary_line(rec['metrics'])} "
               f"({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
     runs = run_dir_for(configs[0], out).parent if a.suite else run_dir_for(configs[0], out)
-    text, md, _ = write_table(runs, runs)
+    # The table covers exactly this invocation's runs, not stale records of older code in the same folder.
+    text, md, _ = write_table(runs, runs, records=records)
     print(text)
     print(f"{len(configs)} run(s) in {time.perf_counter() - t0:.0f} s; table written to {md}", file=sys.stderr)
     return 0
