@@ -1,0 +1,36 @@
+"""`repbench ablate`: run an ablation grid with several seeds; mean, bootstrap CI and n per cell."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.args import int_range
+
+NAME = "ablate"
+HELP = "run an ablation grid (recipe, simclr-head, moco-momentum, dino-centering, augment, batch, smoke, quick-ablation)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", required=True, help="grid name (recipe, simclr-head, moco-momentum, dino-centering, augment, "
+                   "batch, smoke, quick-ablation)")
+    p.add_argument("--seeds", type=int_range(1, 100), default=3, help="seeds per cell, at least 3 (default 3)")
+    p.add_argument("--scale", default="quick", choices=["quick", "smoke"], help="data and budget (default quick)")
+    p.add_argument("--out", default="results/ablations", help="records and tables (default results/ablations)")
+    p.add_argument("--tuned", help="records of 'repbench search' (its --out) for the tuned column of the recipe grid")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+
+
+def run(a: argparse.Namespace) -> int:
+    from bench.ablate import MIN_SEEDS, run_ablation
+    from bench.commands.run import check_out_dir
+    from bench.errors import UsageError
+
+    if a.seeds < MIN_SEEDS:
+        raise UsageError(f"--seeds {a.seeds}: every cell needs at least {MIN_SEEDS} seeds for an interval")
+    if a.tuned and not Path(a.tuned).is_dir():
+        raise UsageError(f"--tuned {a.tuned} is not a folder; pass the --out of 'repbench search --methods all'")
+    out = Path(a.out)
+    check_out_dir(out)
+    print(run_ablation(a.grid, a.seeds, out, a.scale, a.data_root, Path(a.tuned) if a.tuned else None))
+    return 0
