@@ -17,7 +17,6 @@ from methods.losses import (
     dino_loss,
     info_nce_loss,
     nce_loss,
-    nt_xent_loss,
     simsiam_loss,
     sinkhorn_knopp,
     swav_loss,
@@ -47,19 +46,6 @@ def neg_log_softmax_at(logits, i):
 
 
 # --------------------------------------------------------------------------- SimCLR / MoCo / InstDisc
-
-
-@pytest.mark.parametrize("n,d", SHAPES)
-def test_nt_xent_matches_reference(n, d):
-    z0, z1, t = rand(n, d, seed=1), rand(n, d, seed=2), 0.5
-    z = [unit(v) for v in torch.cat([z0, z1])]
-    losses = []
-    for a in range(2 * n):
-        pos = (a + n) % (2 * n)
-        others = [b for b in range(2 * n) if b != a]
-        logits = [dot(z[a], z[b]) / t for b in others]
-        losses.append(neg_log_softmax_at(logits, others.index(pos)))
-    assert torch.allclose(nt_xent_loss(z0, z1, t), torch.tensor(sum(losses) / len(losses), dtype=torch.float64), **TOL)
 
 
 @pytest.mark.parametrize("n,d", SHAPES)

@@ -1,0 +1,54 @@
+"""Barlow Twins (Zbontar, Jing, Misra, LeCun & Deny 2021, "Barlow Twins: Self-Supervised Learning via Redundancy
+Reduction").
+
+The cross-correlation of the two views' standardised embeddings is pushed towards the identity:
+invariance on the diagonal, redundancy reduction off it. A wide 3-layer projector (paper 8192-8192-8192;
+here equal widths scaled to the CPU backbones), BYOL's augmentations. Protocols see the backbone.
+
+Not reproduced: the paper's separate LARS rate for biases and BN parameters (0.0048 vs 0.2); the loop's
+LARS exempts them from adaptation and decay but gives them the same base rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.config import Recipe
+from methods.base import METHODS, Batch, Context, Method
+from methods.byol import asymmetric_views
+from methods.heads import mlp
+from methods.losses import barlow_twins_loss
+
+
+@dataclass(frozen=True)
+class BarlowTwinsConfig:
+    hidden_dim: int = 1024
+    out_dim: int = 1024
+    lambd: float = 0.0051
+    crop_scale_min: float = 0.08
+    jitter_strength: float = 0.5
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+
+
+@METHODS.register("barlowtwins")
+class BarlowTwins(Method):
+    Config = BarlowTwinsConfig
+    # Paper Sec. 4 / App.: LARS, lr 0.2 x bs/256 for weights, wd 1.5e-6, 10 warm-up epochs, cosine decay.
+    paper_recipe = Recipe(optimizer="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10)
+
+    def __init__(self, ctx: Context, cfg: BarlowTwinsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ctx.make_backbone()
+        self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=3)
+        self.views = asymmetric_views(cfg.crop_scale_min, cfg.jitter_strength, cfg.blur_p, cfg.solarize_p)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(images))
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z1, z2 = (self.embed(x) for x in batch.views)
+        return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambd)}

@@ -1,0 +1,67 @@
+"""BYOL (Grill et al. 2020, "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning").
+
+An online network (backbone, projector, predictor) predicts the projection that a target network,
+an EMA of the online backbone and projector (tau 0.996 -> 1 along a cosine), gives for the other view;
+the loss is symmetrised over the two views. No negatives. Asymmetric views: blur 1.0 / 0.1,
+solarisation 0 / 0.2. Protocols see the online backbone, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.augment import ViewConfig
+from bench.config import Recipe
+from methods.base import METHODS, Batch, Context, Method
+from methods.ema import EMA
+from methods.heads import mlp
+from methods.losses import byol_loss
+
+
+@dataclass(frozen=True)
+class BYOLConfig:
+    hidden_dim: int = 512  # paper 4096, scaled to the CPU backbones
+    out_dim: int = 128  # paper 256
+    momentum: float = 0.996  # tau_base; cosine to 1
+    crop_scale_min: float = 0.08
+    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1); the paper's saturation is 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+
+
+def asymmetric_views(crop_scale_min: float, jitter_strength: float, blur_p: tuple[float, float],
+                     solarize_p: tuple[float, float]) -> tuple[ViewConfig, ViewConfig]:
+    """BYOL's two view recipes (Table 6), shared by Barlow Twins and VICReg."""
+    return tuple(ViewConfig(scale=(crop_scale_min, 1.0), strength=jitter_strength, blur_p=b, solarize_p=s)
+                 for b, s in zip(blur_p, solarize_p, strict=True))
+
+
+@METHODS.register("byol")
+class BYOL(Method):
+    Config = BYOLConfig
+    # Paper Sec. 3.3 / App. C: LARS, lr 0.2 x bs/256, wd 1.5e-6, 10 warm-up epochs, cosine decay.
+    paper_recipe = Recipe(optimizer="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10)
+
+    def __init__(self, ctx: Context, cfg: BYOLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ctx.make_backbone()
+        self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
+        self.predictor = mlp(cfg.out_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
+        self.target = EMA(self.encoder, self.projector, momentum=cfg.momentum, final=1.0)
+        self.views = asymmetric_views(cfg.crop_scale_min, cfg.jitter_strength, cfg.blur_p, cfg.solarize_p)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(images))
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x1, x2 = batch.views
+        p1, p2 = (self.predictor(self.embed(x)) for x in (x1, x2))
+        with torch.no_grad():
+            z1, z2 = self.target(x1), self.target(x2)
+        return {"loss": byol_loss(p1, z2) + byol_loss(p2, z1)}
+
+    def on_step_end(self, step: int, total: int) -> None:
+        self.target.update(self.encoder, self.projector, step=step, total=total)

@@ -1,0 +1,137 @@
+"""DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers").
+
+Self-distillation without labels: a student (backbone + DINO head) matches the output distribution
+of a teacher that is an EMA of the student (momentum 0.996 -> 1, cosine). Teacher outputs are
+centred (center momentum 0.9) and sharpened (teacher temperature warmed up linearly 0.04 -> 0.07,
+student 0.1); both together avoid collapse. Multi-crop: 2 global views (the teacher sees only these)
+plus ``n_local_crops`` small local views, all for the student; views of one resolution are batched.
+The DINO head is an MLP (GELU) to an L2-normalised bottleneck and a weight-normalised last layer with
+its gain fixed to 1; that layer is frozen for the first ``freeze_last_layer`` of training.
+
+Protocols see the **teacher** backbone (the paper evaluates the teacher, which is better throughout
+training, Sec. 5.2 / Fig. 6); ``self.student_backbone`` is the network the optimiser trains. Works with
+any backbone exposing ``feature_dim`` (ViT or CNN). Not reproduced: the weight-decay schedule 0.04 -> 0.4
+and gradient clipping at 3.0 (the loop owns both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from bench.augment import ViewConfig
+from bench.config import Recipe
+from methods.base import METHODS, Batch, Context, Method
+from methods.ema import EMA
+from methods.losses import dino_loss
+from methods.multicrop import forward_by_resolution, local_size
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    out_dim: int = 1024  # K; paper 65536, scaled to the CPU backbones like the widths below
+    hidden_dim: int = 512  # paper 2048
+    bottleneck_dim: int = 128  # paper 256
+    head_bn: bool = False  # DINO's use_bn_in_head (off by default, also for its ResNet-50 run)
+    norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    teacher_temp_warmup: float = 0.1  # fraction of training (the paper: 30 of 300 epochs)
+    center_momentum: float = 0.9
+    momentum: float = 0.996  # teacher EMA, cosine to 1
+    freeze_last_layer: float = 0.01  # fraction of training (the code: 1 of 100 epochs)
+    n_local_crops: int = 8
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    local_size_ratio: float = 96 / 224
+    local_min_size: int = 8
+    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; the paper's saturation is 0.2
+
+
+class DINOHead(nn.Module):
+    """MLP -> L2-normalised bottleneck -> weight-normalised linear layer to K outputs (DINO's DINOHead)."""
+
+    def __init__(self, in_dim: int, cfg: DINOConfig) -> None:
+        super().__init__()
+        dims = [in_dim, cfg.hidden_dim, cfg.hidden_dim]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if cfg.head_bn else []) + [nn.GELU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(cfg.hidden_dim, cfg.bottleneck_dim))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = weight_norm(nn.Linear(cfg.bottleneck_dim, cfg.out_dim, bias=False))
+        gain = self.last_layer.parametrizations.weight.original0
+        gain.data.fill_(1.0)
+        gain.requires_grad = not cfg.norm_last_layer
+
+    def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        w = self.last_layer.weight
+        # A detached weight gets no gradient, so the optimiser skips it (DINO's cancel_gradients_last_layer).
+        return F.linear(x, w.detach() if freeze_last_layer else w)
+
+
+@METHODS.register("dino")
+class DINO(Method):
+    Config = DINOConfig
+    # Paper Sec. 4 / App.: AdamW, lr 5e-4 x bs/256, wd 0.04 (cosine to 0.4, not reproduced), 10 warm-up epochs.
+    paper_recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.04, warmup_epochs=10)
+
+    def __init__(self, ctx: Context, cfg: DINOConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.total_steps = ctx.total_steps
+        self.student_backbone = ctx.make_backbone()
+        self.student_head = DINOHead(self.student_backbone.feature_dim, cfg)
+        self.teacher = EMA(self.student_backbone, self.student_head, momentum=cfg.momentum, final=1.0)
+        self.register_buffer("center", torch.zeros(1, cfg.out_dim))
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._batch_center: torch.Tensor | None = None
+        jitter = dict(strength=cfg.jitter_strength)
+        small = local_size(ctx.image_size, cfg.local_size_ratio, cfg.local_min_size, self.student_backbone)
+        self.views = (ViewConfig(scale=cfg.global_scale, blur_p=1.0, **jitter),
+                      ViewConfig(scale=cfg.global_scale, blur_p=0.1, solarize_p=0.2, **jitter),
+                      *[ViewConfig(size=small, scale=cfg.local_scale, blur_p=0.5, **jitter)] * cfg.n_local_crops)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.teacher.target[0]
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """What the teacher's softmax sees: centred teacher outputs."""
+        return self.teacher(images) - self.center
+
+    def teacher_temp(self, step: int) -> float:
+        cfg = self.cfg
+        warmup = round(cfg.teacher_temp_warmup * self.total_steps)
+        frac = min(1.0, step / warmup) if warmup > 0 else 1.0
+        return cfg.warmup_teacher_temp + frac * (cfg.teacher_temp - cfg.warmup_teacher_temp)
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg, views = self.cfg, batch.views
+        step = int(self.steps_done)
+        freeze = step < round(cfg.freeze_last_layer * self.total_steps)
+        student = self.student_head(forward_by_resolution(self.student_backbone, views), freeze).chunk(len(views))
+        with torch.no_grad():
+            teacher = self.teacher(torch.cat(views[:2])).chunk(2)
+        self._batch_center = torch.cat(teacher).float().mean(dim=0, keepdim=True)
+        loss = dino_loss(student, teacher, self.center, cfg.student_temp, self.teacher_temp(step))
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total: int) -> None:
+        self.total_steps = total
+        self.teacher.update(self.student_backbone, self.student_head, step=step, total=total)
+        if self._batch_center is not None:
+            m = self.cfg.center_momentum
+            self.center.mul_(m).add_(self._batch_center, alpha=1 - m)
+        self._batch_center = None
+        self.steps_done.fill_(step)

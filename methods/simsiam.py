@@ -1,0 +1,56 @@
+"""SimSiam (Chen & He 2021, "Exploring Simple Siamese Representation Learning").
+
+BYOL without the momentum encoder: one network, a predictor on one branch and a stop-gradient on
+the other, symmetrised negative cosine. The projector ends in an affine-free BN (paper Sec. 4).
+MoCo v2's augmentations. Protocols see the backbone.
+
+Not reproduced: the paper keeps the predictor's learning rate fixed while the rest decays (the loop
+owns one schedule for all parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.augment import ViewConfig
+from bench.config import Recipe
+from methods.base import METHODS, Batch, Context, Method
+from methods.heads import mlp
+from methods.losses import simsiam_loss
+
+
+@dataclass(frozen=True)
+class SimSiamConfig:
+    projector_layers: int = 3  # ImageNet; the paper's CIFAR variant uses 2
+    hidden_dim: int = 512  # paper 2048 (projector hidden and output), scaled to the CPU backbones
+    out_dim: int = 512
+    predictor_hidden_dim: int = 128  # paper 512: a bottleneck of a quarter of out_dim
+    crop_scale_min: float = 0.2
+    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8
+    blur_p: float = 0.5
+
+
+@METHODS.register("simsiam")
+class SimSiam(Method):
+    Config = SimSiamConfig
+    # Paper Sec. 4: SGD lr 0.05 x bs/256, momentum 0.9, wd 1e-4, cosine decay, no warm-up.
+    paper_recipe = Recipe(optimizer="sgd", lr=0.05, weight_decay=1e-4)
+
+    def __init__(self, ctx: Context, cfg: SimSiamConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ctx.make_backbone()
+        self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, cfg.projector_layers, last_bn=True)
+        self.predictor = mlp(cfg.out_dim, cfg.predictor_hidden_dim, cfg.out_dim, layers=2)
+        view = ViewConfig(scale=(cfg.crop_scale_min, 1.0), strength=cfg.jitter_strength, blur_p=cfg.blur_p)
+        self.views = (view, view)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(images))
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z1, z2 = (self.embed(x) for x in batch.views)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return {"loss": simsiam_loss(p1, z2) / 2 + simsiam_loss(p2, z1) / 2}

@@ -1,0 +1,104 @@
+"""SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments").
+
+Online clustering: L2-normalised projections are scored against K learnable prototypes (kept on the
+unit sphere); Sinkhorn-Knopp turns a global view's scores into soft codes that use every prototype
+equally, and every other view predicts those codes (swapped prediction, temperature 0.1). Multi-crop
+2 x global (scale 0.14-1) + 6 x local (0.05-0.14, 96/224 of the side). Small batches (the paper's
+batch-256 setting) get a queue of past projections for Sinkhorn, filled from ``queue_start`` of
+training and used once full; it is capped at half the training set (recorded in ``self.cfg``). The
+prototypes are frozen for the first ``freeze_prototypes`` of training. Protocols see the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.augment import ViewConfig
+from bench.config import Recipe
+from methods.base import METHODS, Batch, Context, Method
+from methods.heads import mlp
+from methods.losses import swav_loss
+from methods.multicrop import forward_by_resolution, local_size
+
+
+@dataclass(frozen=True)
+class SwAVConfig:
+    hidden_dim: int = 512  # paper 2048, scaled to the CPU backbones
+    out_dim: int = 128
+    prototypes: int = 3000
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    queue_length: int = 3840  # the batch-256 script; capped at half the training set
+    queue_start: float = 0.075  # fraction of training (epoch 15 of 200)
+    freeze_prototypes: float = 0.005  # fraction of training (5005 iterations = 1 of 200 epochs)
+    n_local_crops: int = 6
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    local_size_ratio: float = 96 / 224
+    local_min_size: int = 8
+    jitter_strength: float = 1.0  # SwAV's colour distortion s = 1
+    blur_p: float = 0.5
+
+
+@METHODS.register("swav")
+class SwAV(Method):
+    Config = SwAVConfig
+    # Official swav_200ep_bs256_pretrain.sh: LARS lr 0.6 at batch 256, wd 1e-6, no warm-up, cosine to 0.0006.
+    paper_recipe = Recipe(optimizer="lars", lr=0.6, weight_decay=1e-6, warmup_epochs=0)
+
+    def __init__(self, ctx: Context, cfg: SwAVConfig) -> None:
+        super().__init__()
+        self.cfg = cfg = replace(cfg, queue_length=min(cfg.queue_length, ctx.num_train // 2))
+        self.total_steps = ctx.total_steps
+        self.encoder = ctx.make_backbone()
+        self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
+        self.prototypes = nn.Linear(cfg.out_dim, cfg.prototypes, bias=False)
+        self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.out_dim))
+        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # rows filled so far
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._new_rows: torch.Tensor | None = None
+        common = dict(strength=cfg.jitter_strength, blur_p=cfg.blur_p)
+        small = local_size(ctx.image_size, cfg.local_size_ratio, cfg.local_min_size, self.encoder)
+        self.views = (*[ViewConfig(scale=cfg.global_scale, **common)] * 2,
+                      *[ViewConfig(size=small, scale=cfg.local_scale, **common)] * cfg.n_local_crops)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.encoder(images)), dim=1)
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg, views, n = self.cfg, batch.views, len(batch.views[0])
+        step = int(self.steps_done)
+        with torch.no_grad():  # prototypes live on the unit sphere (the official code renormalises each step)
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        z = F.normalize(self.projector(forward_by_resolution(self.encoder, views)), dim=1)
+        w = self.prototypes.weight
+        if step < round(cfg.freeze_prototypes * self.total_steps):
+            w = w.detach()
+        scores = (z @ w.T).chunk(len(views))
+        queue_scores = None
+        if cfg.queue_length and int(self.queue_count) >= cfg.queue_length:
+            queue_scores = [self.queue[i].to(w.dtype) @ w.detach().T for i in range(2)]
+        loss = swav_loss(scores, cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations, (0, 1), queue_scores)
+        if cfg.queue_length and step >= round(cfg.queue_start * self.total_steps):
+            self._new_rows = z[: 2 * n].detach().view(2, n, -1)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total: int) -> None:
+        self.total_steps = total
+        self.steps_done.fill_(step)
+        if self._new_rows is not None:
+            self._push(self._new_rows)
+        self._new_rows = None
+
+    def _push(self, rows: torch.Tensor) -> None:
+        """Newest projections at the front of each view's queue, the oldest fall off (as the official code)."""
+        length = self.queue.shape[1]
+        rows = rows[:, :length]
+        self.queue.copy_(torch.cat([rows.to(self.queue.dtype), self.queue[:, : length - rows.shape[1]]], dim=1))
+        self.queue_count.copy_(torch.clamp(self.queue_count + rows.shape[1], max=length))
