@@ -3,11 +3,19 @@ Non-Parametric Instance Discrimination").
 
 Every training image is its own class. A memory bank holds one L2-normalised 128-d embedding per
 training image; an image's embedding is classified against the whole bank by a non-parametric softmax
-``exp(v_i.f / T) / sum_j exp(v_j.f / T)`` (T = 0.07), either exactly (``loss="softmax"``) or with the
-paper's NCE approximation (``loss="nce"``: M = 4096 uniform noise samples, Z estimated once from the
-first batch and then held fixed). After each step the bank rows of the batch move halfway to the new
+``exp(v_i.f / T) / sum_j exp(v_j.f / T)`` (T = 0.07), either exactly (``loss="softmax"``, the default) or
+with the paper's NCE approximation (``loss="nce"``: M = 4096 uniform noise samples, Z estimated once from
+the first batch and then held fixed). After each step the bank rows of the batch move halfway to the new
 embeddings (momentum 0.5) and are re-normalised. One augmented view per image; ``batch.index`` says
 which bank rows the batch owns.
+
+Why softmax by default: NCE exists to avoid the O(n) softmax over ImageNet's 1.28M images; here n is at
+most 60,000 and the exact softmax is affordable. NCE is also unstable at this scale: the bank is fully
+rewritten within one short epoch, while the untrained embeddings are still bunched together, so Z (fixed
+while the bank was random) underestimates the noise mass by orders of magnitude and the noise term's
+gradient explodes. Measured on digits, convnet, 10 epochs of batch 128, unified recipe: NCE loss 99 -> 3015,
+effective rank 1.7, kNN 24%; the softmax fell 11.3 -> 6.75, kept rank 22, kNN 82% (with the paper recipe
+NCE was flagged collapsed at epoch 3).
 
 Noise samples are shared by the whole batch (one draw of M rows per step) rather than drawn per
 sample as in the released code: the expectation is the same and it avoids an (N, M, D) gather.
@@ -31,7 +39,7 @@ from methods.losses import nce_loss
 
 @dataclass(frozen=True)
 class InstDiscConfig:
-    loss: str = "nce"  # nce | softmax
+    loss: str = "softmax"  # softmax | nce (the paper's approximation; see the module docstring)
     out_dim: int = 128
     temperature: float = 0.07
     bank_momentum: float = 0.5

@@ -26,7 +26,7 @@ from methods.losses import swav_loss
 SMALL_CONVNET = {"widths": (8, 16, 16, 32)}
 N = 8
 TRAINABLE = [n for n in METHODS.names() if METHODS.get(n).trainable and not METHODS.get(n).fits_without_sgd]
-CASES = [(n, {}) for n in TRAINABLE] + [("instdisc", {"loss": "softmax"})]
+CASES = [(n, {}) for n in TRAINABLE] + [("instdisc", {"loss": "nce"})]
 
 
 @pytest.fixture(autouse=True)
@@ -245,7 +245,7 @@ def test_moco_enqueues_normalised_keys_and_wraps(digits):
 
 
 def test_instdisc_memory_bank_update(digits):
-    method = build("instdisc", digits[0])
+    method = build("instdisc", digits[0], {"loss": "nce"})
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
     assert torch.isnan(method.log_z)
     batch = make_batch(method, digits, seed=5)
