@@ -149,3 +149,13 @@ def test_methods_all_reruns_best_with_fresh_seeds(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "supervised" in summary and "bootstrap" in summary
     assert (tmp_path / "budget_curves.png").exists() and (tmp_path / "budget_curves.csv").exists()
+
+
+def test_suite_names_its_methods_when_none_given():
+    import argparse
+
+    from bench.commands.search import method_list
+
+    a = argparse.Namespace(method=None, methods=None, suite="quick-search")
+    assert method_list(a) == list(search.SEARCH_SUITES.get("quick-search").methods)
+    assert "dino" in method_list(argparse.Namespace(method=None, methods="all", suite="smoke"))

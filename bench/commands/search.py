@@ -19,7 +19,7 @@ DESCRIPTION = (HELP + ". Several workers with the same --study and --storage sha
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group()
-    who.add_argument("--method", help="method to tune (see 'repbench list methods')")
+    who.add_argument("--method", help="method to tune (default: the suite's methods; see 'repbench list methods')")
     who.add_argument("--methods", help="'all' (every trainable method) or a comma-separated list; same budget each")
     p.add_argument("--suite", default="quick-search", help="search suite: smoke | quick-search (default quick-search)")
     p.add_argument("--trials", type=int_range(1, 100_000), help="the study's total number of trials (default: the suite's)")
@@ -43,7 +43,12 @@ def method_list(a: argparse.Namespace) -> list[str]:
         methods.METHODS.get(a.method)
         return [a.method]
     if not a.methods:
-        raise UsageError("give --method NAME or --methods all (see 'repbench list methods')")
+        from bench.search import SEARCH_SUITES
+
+        suite = SEARCH_SUITES.get(a.suite)
+        if not suite.methods:
+            raise UsageError(f"suite {a.suite!r} names no methods; give --method NAME or --methods all")
+        return list(suite.methods)
     if a.methods.strip() == "all":
         return trainable_methods()
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
