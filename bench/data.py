@@ -212,3 +212,4 @@ def fetch_fashion_mnist() -> str:
             f"could not get Fashion-MNIST: {apt_err}, and torchvision's download failed ({type(err).__name__}); "
             "as root run 'apt-get install dataset-fashion-mnist', or download the four IDX files and pass --data-root DIR"
         ) from None
+import bench.captions  # noqa: E402,F401  (registers the captioned datasets)
