@@ -302,3 +302,20 @@ def test_ssl_methods_declare_their_paper_recipe_and_a_frozen_config(name):
     assert isinstance(cls.paper_recipe, Recipe) and cls.paper_recipe != UNIFIED_RECIPE
     with pytest.raises(AttributeError):
         cls.Config().temperature = 0.5
+
+
+@pytest.mark.parametrize("name", SSL)
+def test_bf16_autocast_step(name, digits):
+    """The loop trains under bf16 autocast on CUDA; CPU autocast exercises the same casts. Losses come back in
+    float32 (they upcast: cosines near 1 and sums of D^2 terms are below bf16's resolution) and the state
+    updates accept bf16 activations."""
+    method = build(name, digits[0])
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01)
+    for step in (1, 2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = seeded_loss(method, make_batch(method, digits, seed=step))
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.on_step_end(step, 20)

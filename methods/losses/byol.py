@@ -16,8 +16,8 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
     Shape: p, z (N, D) -> scalar.
     """
-    p = F.normalize(p, dim=-1)
-    z = F.normalize(z.detach(), dim=-1)
+    p = F.normalize(_upcast(p), dim=-1)
+    z = F.normalize(_upcast(z.detach()), dim=-1)
     return (2 - 2 * (p * z).sum(dim=-1)).mean()
 
 
@@ -28,4 +28,9 @@ def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
     Shape: p, z (N, D) -> scalar.
     """
-    return -(F.normalize(p, dim=-1) * F.normalize(z.detach(), dim=-1)).sum(dim=-1).mean()
+    return -(F.normalize(_upcast(p), dim=-1) * F.normalize(_upcast(z.detach()), dim=-1)).sum(dim=-1).mean()
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> float32: under autocast 2 - 2cos near cos = 1 is below bf16's resolution."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
