@@ -1,9 +1,29 @@
-"""Frozen features from the un-augmented (center) view, extracted once and shared by every protocol."""
+"""Frozen features from the un-augmented (center) view, extracted once and shared by every protocol.
+
+``extract`` runs an encoder over uint8 images; ``cached_features`` keeps the result on disk under a
+key of (checkpoint, dataset, split, layer) so a second evaluation of the same checkpoint, or a
+re-run after a crash, reads them back instead of re-running the backbone. ``feature_module`` picks
+the backbone or the projection-head output of a method.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
+
+from bench.errors import UsageError
+from bench.store import atomic_write_bytes
+
+LAYERS = ("backbone", "head")
+CACHE_FORMAT = 1  # bump when what is stored changes, so old cache files are never misread
 
 
 @torch.no_grad()
@@ -23,3 +43,118 @@ def extract(encoder: nn.Module, images_u8: torch.Tensor, mean, std, device: str 
         out.append(encoder((x - m) / s).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+class _Embed(nn.Module):
+    """A method's ``embed`` (the loss's input: projection-head output for most SSL methods) as a module."""
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.embed(x)
+
+
+def feature_module(method: nn.Module, layer: str = "backbone") -> nn.Module:
+    """The module whose output is evaluated: ``backbone`` = method.encoder, ``head`` = method.embed."""
+    if layer == "backbone":
+        return method.encoder
+    if layer == "head":
+        return _Embed(method)
+    raise UsageError(f"unknown feature layer {layer!r}; choose one of {', '.join(LAYERS)}")
+
+
+# --------------------------------------------------------------------------- the on-disk cache
+
+
+def checkpoint_identity(checkpoint: str | Path) -> str:
+    """What identifies the weights: the sha256 of a checkpoint file's bytes, else the string itself (e.g. a run id)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"sha256:{h.hexdigest()}"
+    return str(checkpoint)
+
+
+def cache_path(cache_dir: str | Path, checkpoint: str | Path, dataset: str, split: str, layer: str) -> Path:
+    ident = json.dumps([CACHE_FORMAT, checkpoint_identity(checkpoint), dataset, split, layer])
+    key = hashlib.sha256(ident.encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"{dataset}-{split}-{layer}-{key}.npz"
+
+
+def _load_cached(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # a damaged cache entry is recomputed, never trusted
+    if x.ndim != 2 or y.shape != (len(x),):
+        return None
+    return torch.from_numpy(x.astype(np.float32, copy=False)), torch.from_numpy(y.astype(np.int64, copy=False))
+
+
+def cached_features(cache_dir: str | Path, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
+                    checkpoint: str | Path, dataset: str, split: str, layer: str = "backbone",
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of one split, from the cache when present, else from ``compute()`` and then stored.
+
+    The key is (checkpoint, dataset, split, layer): ``checkpoint`` is a checkpoint file (its bytes are
+    hashed, so retraining into the same path never reads stale features) or any string that names
+    the weights uniquely (e.g. a run id for weights that are not saved). Written atomically.
+    Shape: x (N, D) float32, y (N,) int64.
+    """
+    if layer not in LAYERS:
+        raise UsageError(f"unknown feature layer {layer!r}; choose one of {', '.join(LAYERS)}")
+    path = cache_path(cache_dir, checkpoint, dataset, split, layer)
+    hit = _load_cached(path) if path.exists() else None
+    if hit is not None:
+        return hit
+    x, y = compute()
+    x = x.detach().float().cpu().contiguous()
+    y = y.detach().long().cpu().contiguous()
+    buf = io.BytesIO()
+    np.savez(buf, x=x.numpy(), y=y.numpy())
+    atomic_write_bytes(path, buf.getvalue())
+    return x, y
+
+
+# --------------------------------------------------------------------------- helpers shared by the protocols
+
+
+def resolve_device(train, device: str | torch.device | None = None) -> torch.device:
+    """The device a protocol computes on: the explicit setting, else the pipeline's ``meta["device"]``, else CPU."""
+    dev = device or getattr(train, "meta", {}).get("device") or "cpu"
+    dev = torch.device(dev)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return dev
+
+
+def check_features(train, test) -> None:
+    """Reject what no protocol can evaluate, with one line saying what is wrong (UsageError)."""
+    for name, f in (("train", train), ("test", test)):
+        if f.x.ndim != 2:
+            raise UsageError(f"{name} features must be a 2-D array (N, D), got shape {tuple(f.x.shape)}")
+        if f.y.ndim != 1 or len(f.y) != len(f.x):
+            raise UsageError(f"{name} labels must be a 1-D array with one label per row of x "
+                             f"({len(f.x)} rows), got shape {tuple(f.y.shape)}")
+        if len(f.x) == 0:
+            raise UsageError(f"{name} split is empty; it needs at least one sample")
+        if not torch.isfinite(f.x).all():
+            bad = int((~torch.isfinite(f.x)).any(1).sum())
+            raise UsageError(f"{name} features contain NaN or inf in {bad} row(s); fix or drop them")
+    if train.x.shape[1] != test.x.shape[1]:
+        raise UsageError(f"feature dimensions differ: train has {train.x.shape[1]}, test has {test.x.shape[1]}")
+    classes = int(train.y.max()) + 1
+    for name, f in (("train", train), ("test", test)):
+        lo, hi = int(f.y.min()), int(f.y.max())
+        if lo < 0 or hi >= classes:
+            raise UsageError(f"{name} labels must be 0..C-1 with C={classes} classes seen in train, "
+                             f"found {lo}..{hi}")
+    missing = sorted(set(range(classes)) - set(train.y.unique().tolist()))
+    if missing:
+        raise UsageError(f"train labels must cover 0..C-1; class(es) {missing[:5]} have no train sample")
