@@ -76,7 +76,9 @@ class KMeansEncoder(nn.Module):
         p = F.unfold(pixels, self.patch, stride=self.stride).transpose(1, 2)
         return normalise_patches(p.reshape(-1, p.shape[-1]), self.cfg.norm_eps).view(p.shape)
 
-    def forward(self, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+        # 32 images' distance matrix (~9 MB on 28 px) stays under glibc's mmap threshold; 128 images cost
+        # 3 s of page-fault system time per 5,000 images on top of 5.7 s of compute (measured).
         return torch.cat([self._encode(c) for c in x.split(chunk)]) if len(x) else x.new_zeros(0, self.feature_dim)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
