@@ -1,0 +1,432 @@
+"""Linear probe on frozen features: L2-regularised multinomial logistic regression.
+
+The default follows the CLIP paper (App. A.3) and CLIP_benchmark: cached features (L2-normalised, as
+CLIP_benchmark's featurizer), no augmentation, the regularisation swept over ``logspace(-6, 2, 97)``
+with CLIP_benchmark's coarse-to-fine search (7 coarse values, then +-8, 4, 2, 1 grid steps around
+the peak) on a validation split carved from train, then refit on train+val and scored once on test.
+
+Each fit minimises ``mean CE(xW + b, y) + lambda / 2 * ||W||^2`` (bias unpenalised; scikit-learn's
+C = 1 / (lambda * N)) to a gradient tolerance with L-BFGS, solved for many lambdas, and many
+problems of equal size (few-shot draws), at once: one batched matrix product per step serves all of
+them. The variables are preconditioned by (alpha * X'X / N + lambda)^(-1/2), the Kronecker-factored
+Gauss-Newton curvature, which makes raw pixel features as easy as whitened ones.
+
+``linear_probe_paper`` is the other protocol: SGD through the frozen backbone with augmentation,
+following MoCo's ``main_lincls.py`` and MAE's ``main_linprobe.py``; it needs a model and images,
+so it is not part of the default feature-only evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protocols.base import PROTOCOLS, Features, Metrics
+from protocols.features import resolve_device
+
+GRID = np.logspace(-6, 2, 97)
+COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) inside the 97-point grid
+SPANS = (8, 4, 2, 1)
+BF16_MIN_ROWS = 16384
+
+
+# --------------------------------------------------------------------------- the batched solver
+
+
+@dataclass
+class Problem:
+    """B equally sized training sets with their preconditioner.
+
+    Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1)
+    the same in the product dtype (bfloat16 where native, else x itself); y (B, N) int64;
+    mean (B, D) the feature mean; basis (B, D+1, D+1), spectrum (B, D+1) the eigendecomposition of
+    the centred second moment blockdiag(cov(x), 1) (the last direction is the bias).
+    """
+
+    x: torch.Tensor
+    fast: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    mean: torch.Tensor
+    basis: torch.Tensor
+    spectrum: torch.Tensor
+
+    @classmethod
+    def build(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
+              moments: tuple[torch.Tensor, torch.Tensor] | None = None, fast: torch.Tensor | None = None) -> Problem:
+        """Shape: x (B, N, D+1) from ``with_bias``, y (B, N); ``moments`` = centred_moments(x) and
+        ``fast`` = x.to(dtype) when the caller has them already."""
+        if fast is None:
+            fast = x if dtype == torch.float32 else x.to(dtype)
+        mean, scatter = moments if moments is not None else centred_moments(x[..., :-1], dtype)
+        spectrum, basis = torch.linalg.eigh(scatter / x.shape[1])
+        b, d = mean.shape
+        full_basis = torch.zeros(b, d + 1, d + 1, dtype=torch.float32, device=x.device)
+        full_basis[:, :d, :d] = basis
+        full_basis[:, d, d] = 1.0
+        full_spectrum = torch.cat([spectrum.clamp_min(0), spectrum.new_ones(b, 1)], 1).float()
+        return cls(x, fast, y, num_classes, mean.float(), full_basis, full_spectrum)
+
+
+def with_bias(x: torch.Tensor) -> torch.Tensor:
+    """Shape: (..., N, D) -> (..., N, D+1) float32 with a last column of ones."""
+    return torch.cat([x.float(), x.new_ones(*x.shape[:-1], 1, dtype=torch.float32)], -1)
+
+
+def centred_moments(x: torch.Tensor, dtype: torch.dtype = torch.float32, chunk: int = 8192
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scatter sum (x - mean)'(x - mean), in float64; the product may run in bfloat16 (it only
+    shapes the preconditioner). Shape: x (B, N, D) -> (B, D), (B, D, D).
+    """
+    mean = x.mean(1, dtype=torch.float64)
+    scatter = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32, device=x.device)
+    for i in range(0, x.shape[1], chunk):
+        xc = (x[:, i:i + chunk].double() - mean[:, None]).to(dtype)
+        scatter += (xc.transpose(1, 2) @ xc).float()
+    return mean, scatter.double()
+
+
+def pool_moments(parts: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scatter of the union of row sets, from each set's (mean, scatter, count)."""
+    total = sum(n for _, _, n in parts)
+    mean = sum(m * n for m, _, n in parts) / total
+    scatter = sum(s + n * (m - mean)[:, :, None] * (m - mean)[:, None, :] for m, s, n in parts)
+    return mean, scatter
+
+
+def _softmax_ce(z: torch.Tensor, yi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy per model, and the pieces of the softmax to reuse for the gradient.
+
+    Shape: z (B, L, C, N) logits, yi (B, L, 1, N) labels -> ce (B, L) float64, e (B, L, C, N), s (B, L, 1, N).
+    The (C, N) layout keeps every reduction over classes a sum of contiguous rows.
+    """
+    zmax = z.amax(2, keepdim=True)
+    e = (z - zmax).exp_()
+    s = e.sum(2, keepdim=True)
+    ce = (s.log().add_(zmax) - z.gather(2, yi)).sum((2, 3), dtype=torch.float64)
+    return ce, e, s
+
+
+def _times_x(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """r @ x in float32. With bfloat16 x, r is split into two bfloat16 parts (hi + lo): rounding r once
+    biases the gradient when residuals are alike across samples, as they are early in a fit.
+    Shape: r (B, K, N) float32, x (B, N, P) -> (B, K, P).
+    """
+    if x.dtype == torch.float32:
+        return r @ x
+    hi = r.to(x.dtype)
+    lo = (r - hi.float()).to(x.dtype)
+    both = (torch.cat([hi, lo], 1) @ x).float()
+    return both[:, : r.shape[1]] + both[:, r.shape[1]:]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum((2, 3))
+
+
+class _State:
+    """The models still being optimised: every tensor has the model batch (B, L) in front."""
+
+    FIELDS = ("lam", "h", "u", "w", "z", "g", "gw", "f", "sq", "stalled")
+
+    def __init__(self, **tensors):
+        self.__dict__.update(tensors)
+        self.hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def keep(self, cols: torch.Tensor) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name)[:, cols])
+        self.hist = [(s[:, cols], y[:, cols], r[:, cols]) for s, y, r in self.hist]
+
+
+def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_iter: int = 500, tol: float = 1e-4,
+        memory: int = 20, alpha: float | None = None, refresh_every: int = 10) -> tuple[torch.Tensor, dict]:
+    """Minimise mean CE + lam/2 ||W||^2 for every (problem, lambda) with L-BFGS, each model stopping on its own.
+
+    The weights are parametrised around the feature mean (logits (x - mean) W + b', the same model with
+    b = b' - mean W), so the bias decouples from W, and preconditioned: theta = V diag(h) u with
+    h = (alpha * spectrum + lam * [W rows])^(-1/2), alpha ~ the softmax curvature (1/C at the start). The
+    Hessian in u is near the identity, so the unit step is the natural first try (Armijo backtracking
+    per model). Logits move along the search line as z + t * (x d), so a trial step costs no product
+    with x; they are recomputed exactly in float32 every ``refresh_every`` steps and before a model
+    is declared converged (max |dF/dW| <= tol on W and bias).
+    Shape: lam (B, L), w0 (B, L, D+1, C) or None (data-space weights, last row the bias) -> same.
+    """
+    b, n, d1 = p.x.shape
+    c = p.num_classes
+    dev = p.x.device
+    lam = lam.to(dev, torch.float32)
+    n_models = lam.shape[1]
+    alpha = 1.0 / c if alpha is None else alpha
+    yi = p.y[:, None, None, :].expand(b, n_models, 1, n)
+    mean = p.mean[:, None, None, :]  # (B, 1, 1, D)
+    basis, basis_t = p.basis[:, None], p.basis.transpose(1, 2)[:, None]
+    penalised = torch.ones(d1, device=dev)
+    penalised[-1] = 0
+    h = (alpha * p.spectrum[:, None, :] + lam[..., None] * penalised).rsqrt()[..., None]
+
+    def to_data(t):  # centred (W, b') -> data-space (W, b' - mean W)
+        return torch.cat([t[:, :, :-1], t[:, :, -1:] - mean @ t[:, :, :-1]], 2)
+
+    def from_data_grad(g):  # gradient wrt data-space weights -> wrt centred ones
+        return torch.cat([g[:, :, :-1] - mean.transpose(2, 3) @ g[:, :, -1:], g[:, :, -1:]], 2)
+
+    if w0 is None:
+        w = torch.zeros(b, n_models, d1, c, device=dev)
+    else:
+        w0 = w0.to(dev, torch.float32).expand(b, n_models, d1, c)
+        w = torch.cat([w0[:, :, :-1], w0[:, :, -1:] + mean @ w0[:, :, :-1]], 2)
+    st = _State(lam=lam, h=h, u=(basis_t @ w) / h, w=w, z=None, g=None, gw=None, f=None, sq=None,
+                stalled=torch.zeros(b, n_models, dtype=torch.bool, device=dev))
+    out_w = w.clone()
+    info = {"iterations": torch.zeros(b, n_models, dtype=torch.long), "grad_max": torch.zeros(b, n_models),
+            "objective": torch.zeros(b, n_models, dtype=torch.float64),
+            "stalled": torch.zeros(b, n_models, dtype=torch.bool)}
+    cols = torch.arange(n_models)  # which of the caller's models each live column is
+
+    def products(weights, x):  # (B, L, D+1, C) x (B, N, D+1) -> (B, L, C, N)
+        live = weights.shape[1]
+        return (weights.transpose(2, 3).reshape(b, live * c, d1).to(x.dtype) @ x.transpose(1, 2)).float().view(
+            b, live, c, n)
+
+    def gradient(st: _State, ce, e, s) -> None:
+        live = st.w.shape[1]
+        r = e.div_(s).scatter_add_(2, yi[:, :live], e.new_full((1, 1, 1, 1), -1.0).expand(b, live, 1, n))
+        gw = _times_x(r.view(b, live * c, n), p.fast).view(b, live, c, d1).transpose(2, 3) / n
+        gw = from_data_grad(gw)
+        st.sq = st.w[:, :, :-1].pow(2).sum((2, 3))
+        gw[:, :, :-1] += st.lam[..., None, None] * st.w[:, :, :-1]
+        st.gw = gw
+        st.f = ce / n + 0.5 * st.lam.double() * st.sq.double()
+        st.g = st.h * (basis_t @ gw)
+
+    def exact(st: _State) -> None:
+        st.z = products(to_data(st.w), p.x)
+        gradient(st, *_softmax_ce(st.z, yi[:, : st.w.shape[1]]))
+
+    exact(st)
+    since_exact = 0
+    for it in range(1, max_iter + 2):
+        grad_max = st.gw.abs().amax((2, 3))
+        small = grad_max <= tol
+        if small.any() and since_exact:
+            exact(st)  # confirm with exact logits before stopping anyone
+            since_exact = 0
+            grad_max = st.gw.abs().amax((2, 3))
+            small = grad_max <= tol
+        done = (small | st.stalled).all(0)  # a column leaves once finished in every problem
+        if it > max_iter:
+            done[:] = True
+        if done.any():
+            _record(out_w, info, st, cols, done, grad_max, it - 1)
+            if done.all():
+                break
+            st.keep(~done)
+            cols = cols[~done]
+        live = st.w.shape[1]
+        direction = _two_loop(st)
+        dw = basis @ (st.h * direction)
+        xd = products(to_data(dw), p.fast)
+        slope = _dot(st.g, direction).double()
+        wd = (st.w[:, :, :-1] * dw[:, :, :-1]).sum((2, 3)).double()
+        dd = dw[:, :, :-1].pow(2).sum((2, 3)).double()
+        step = torch.ones_like(slope)
+        for _ in range(40):
+            z_try = st.z + step.float()[..., None, None] * xd
+            ce, e, s = _softmax_ce(z_try, yi[:, :live])
+            f_try = ce / n + 0.5 * st.lam.double() * (st.sq.double() + 2 * step * wd + step * step * dd)
+            ok = f_try <= st.f + 1e-4 * step * slope
+            if ok.all():
+                break
+            step = torch.where(ok, step, step * 0.5)
+        # No decrease even for a tiny step (or not a descent direction): float32 round-off has the last word.
+        st.stalled |= ~ok | (slope >= 0)
+        step = torch.where(st.stalled, 0.0, step).float()[..., None, None]
+        g_old, u_old = st.g, st.u
+        st.u = st.u + step * direction
+        st.w = st.w + step * dw
+        if st.stalled.any():
+            z_try = st.z + step * xd
+            ce, e, s = _softmax_ce(z_try, yi[:, :live])
+        st.z = z_try
+        gradient(st, ce, e, s)
+        since_exact += 1
+        if since_exact >= refresh_every:
+            exact(st)
+            since_exact = 0
+        s_vec, y_vec = st.u - u_old, st.g - g_old
+        sy = _dot(s_vec, y_vec)
+        rho = torch.where(sy > 1e-10 * _dot(s_vec, s_vec).sqrt() * _dot(y_vec, y_vec).sqrt(),
+                          1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        st.hist = (st.hist + [(s_vec, y_vec, rho)])[-memory:]
+    info["converged"] = info["grad_max"] <= tol
+    return to_data(out_w), info
+
+
+def _record(out_w, info, st: _State, cols, done, grad_max, iterations) -> None:
+    idx = cols[done]
+    out_w[:, idx] = st.w[:, done]
+    info["iterations"][:, idx] = iterations
+    info["grad_max"][:, idx] = grad_max[:, done].cpu()
+    info["objective"][:, idx] = st.f[:, done].cpu()
+    info["stalled"][:, idx] = st.stalled[:, done].cpu()
+
+
+def _two_loop(st: _State) -> torch.Tensor:
+    """L-BFGS direction -H g from the stored pairs (a pair with rho = 0 is skipped for that model)."""
+    q = st.g.clone()
+    alphas = []
+    for s_, y_, rho in reversed(st.hist):
+        a = rho * _dot(s_, q)
+        q -= a[..., None, None] * y_
+        alphas.append(a)
+    if st.hist:
+        s_, y_, rho = st.hist[-1]
+        gamma = torch.where(rho > 0, _dot(s_, y_) / _dot(y_, y_).clamp_min(1e-30), torch.ones_like(rho))
+        q *= gamma[..., None, None]
+    for (s_, y_, rho), a in zip(st.hist, reversed(alphas), strict=True):
+        q += (a - rho * _dot(y_, q))[..., None, None] * s_
+    return -q
+
+
+def predict_logits(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Shape: w (..., D+1, C) (last row the bias), x (..., M, D) -> (..., M, C)."""
+    return x.float() @ w[..., :-1, :] + w[..., -1:, :]
+
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def product_dtype(n: int, device: torch.device) -> torch.dtype:
+    """bfloat16 for the products with x when it is native here (CUDA, or a CPU with AMX or AVX512-BF16)
+    and the sample is large: the gradient then carries rounding error ~ 2^-9 |x| |r| / sqrt(N)
+    (measured: ~1e-4 with 24 samples, ~1e-6 with 48k), far below the tolerance only for large N.
+    """
+    if n < BF16_MIN_ROWS:
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return torch.bfloat16 if any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes) else torch.float32
+
+
+def sweep(p: Problem, val_x: torch.Tensor, val_y: torch.Tensor, *, max_iter: int, tol: float
+          ) -> tuple[np.ndarray, torch.Tensor, dict]:
+    """CLIP_benchmark's coarse-to-fine search of GRID, for B problems at once, by top-1 on their validation sets.
+
+    Shape: val_x (B, M, D) (no bias column), val_y (B, M) -> (best grid index per problem (B,), its W (B, D+1, C), log).
+    A value already fitted is not refitted; each new fit starts from the nearest fitted solution.
+    Ties keep the first value in the order tried, as CLIP_benchmark's find_peak.
+    """
+    b = val_x.shape[0]
+    fitted: list[dict[int, tuple[float, torch.Tensor]]] = [{} for _ in range(b)]
+
+    def run(cands: list[list[int]], starts: torch.Tensor | None) -> None:
+        lam = torch.tensor([[GRID[i] for i in row] for row in cands], dtype=torch.float32)
+        w, _ = fit(p, lam, starts, max_iter=max_iter, tol=tol)
+        acc = _val_top1(predict_logits(w, val_x[:, None]), val_y).cpu()  # (B, L)
+        for i, row in enumerate(cands):
+            for j, idx in enumerate(row):
+                fitted[i].setdefault(idx, (float(acc[i, j]), w[i, j]))
+
+    def first_best(i: int, order: list[int]) -> int:
+        best = order[0]
+        for idx in order[1:]:
+            if fitted[i][idx][0] > fitted[i][best][0]:
+                best = idx
+        return best
+
+    run([list(COARSE)] * b, None)
+    peak = [first_best(i, list(COARSE)) for i in range(b)]
+    for span in SPANS:
+        orders = [[max(pk - span, 0), pk, min(pk + span, len(GRID) - 1)] for pk in peak]
+        new = [[idx for idx in order if idx not in fitted[i]] for i, order in enumerate(orders)]
+        width = max(len(row) for row in new)
+        if width:
+            cands = [(row + [peak[i]] * width)[:width] if row else [peak[i]] * width for i, row in enumerate(new)]
+            starts = torch.stack([torch.stack([fitted[i][peak[i]][1]] * width) for i in range(b)])
+            run(cands, starts)
+        peak = [first_best(i, order) for i, order in enumerate(orders)]
+    best_w = torch.stack([fitted[i][peak[i]][1] for i in range(b)])
+    log = {"fits": [len(f) for f in fitted], "val_top1": [fitted[i][peak[i]][0] for i in range(b)]}
+    return np.array(peak), best_w, log
+
+
+def _val_top1(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Shape: logits (B, L, M, C), y (B, M) -> (B, L)."""
+    return (logits.argmax(-1) == y[:, None]).float().mean(-1)
+
+
+def split_train_val(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of train into (fit, validation) indices, stratified when every class has two samples."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    labels = y.cpu().numpy()
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 and len(y) * fraction >= len(counts[counts > 0]) else None
+    fit_idx, val_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return torch.from_numpy(np.sort(fit_idx)), torch.from_numpy(np.sort(val_idx))
+
+
+def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """(top-1, top-5) fractions; top-5 is NaN with fewer than 5 classes (as CLIP_benchmark)."""
+    if len(y) == 0:
+        return math.nan, math.nan
+    top1 = (logits.argmax(1) == y).float().mean().item()
+    if num_classes < 5:
+        return top1, math.nan
+    top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
+    return top1, top5
+
+
+def mean_per_class_recall(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    hit = torch.zeros(num_classes).index_add_(0, y, (pred == y).float())
+    seen = torch.bincount(y, minlength=num_classes).float()
+    return (hit[seen > 0] / seen[seen > 0]).mean().item() if len(y) else math.nan
+
+
+def prepare(x: torch.Tensor, normalise: bool) -> torch.Tensor:
+    x = x.float()
+    return F.normalize(x, dim=-1) if normalise else x
+
+
+@PROTOCOLS.register("linear")
+def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: float = 0.2, normalise: bool = True,
+             max_iter: int = 500, tol: float = 1e-4, device: str | None = None, **_ignored) -> Metrics:
+    """``linear``: top-1/top-5 on test of the probe refit on train+val with the regularisation chosen on val."""
+    dev = resolve_device(train, device)
+    dtype = product_dtype(len(train), dev)
+    c = max(train.num_classes, test.num_classes)
+    fit_idx, val_idx = split_train_val(train.y, val_fraction, seed)
+    # Rows ordered [fit; val]: the refit set is the whole tensor, the sweep's set a view of its head.
+    order = torch.cat([fit_idx, val_idx])
+    x = with_bias(prepare(train.x[order], normalise)).to(dev)[None]
+    y = train.y[order].to(dev)[None]
+    n_fit = len(fit_idx)
+    mom_fit = centred_moments(x[:, :n_fit, :-1], dtype)
+    mom_val = centred_moments(x[:, n_fit:, :-1], dtype)
+    x_fast = x.to(dtype)
+    sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, mom_fit, x_fast[:, :n_fit])
+    peak, w_sweep, log = sweep(sweep_problem, x[:, n_fit:, :-1], y[:, n_fit:], max_iter=max_iter, tol=tol)
+    lam = float(GRID[peak[0]])
+    del sweep_problem
+    pooled = pool_moments([(*mom_fit, n_fit), (*mom_val, x.shape[1] - n_fit)])
+    full = Problem.build(x, y, c, dtype, pooled, x_fast)
+    w, info = fit(full, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol)
+    logits = predict_logits(w[0, 0], prepare(test.x, normalise).to(dev)).cpu()
+    top1, top5 = topk_accuracy(logits, test.y.cpu(), c)
+    return {"linear": {
+        "top1": top1, "top5": top5, "mean_per_class_recall": mean_per_class_recall(logits.argmax(1), test.y.cpu(), c),
+        "regularisation": lam, "C_sklearn": 1.0 / (lam * x.shape[1]), "val_top1": log["val_top1"][0],
+        "grid": "logspace(-6,2,97)", "search": "coarse-to-fine (CLIP_benchmark)", "fits": log["fits"][0],
+        "val_fraction": val_fraction, "refit": "train+val", "normalised": normalise, "solver": "L-BFGS",
+        "matmul_dtype": str(dtype).removeprefix("torch."), "max_iter": max_iter, "tol": tol,
+        "iterations": int(info["iterations"][0, 0]), "converged": bool(info["converged"][0, 0]),
+        "n_train": n_fit, "n_val": x.shape[1] - n_fit, "n_test": len(test), "num_classes": c, "seed": seed,
+    }}

@@ -1,0 +1,157 @@
+"""Linear probe: the solver against scikit-learn, the CLIP_benchmark search order, batching, few-shot, edge cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import protocols.linear as lin
+from protocols import PROTOCOLS
+from protocols.base import Features
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from bench.data import load_dataset
+
+    ds = load_dataset("digits")
+    norm = lambda t: torch.nn.functional.normalize(t.reshape(len(t), -1).float(), dim=1)
+    return norm(ds.train_x), ds.train_y, norm(ds.test_x), ds.test_y
+
+
+def accuracy(w, x, y):
+    return (lin.predict_logits(w, x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("lam", [1e-5, 1e-3, 1e-1])
+def test_fit_matches_sklearn_at_the_same_c(digits, lam):
+    x, y, xt, yt = digits
+    problem = lin.Problem.build(lin.with_bias(x)[None], y[None], 10)
+    w, info = lin.fit(problem, torch.tensor([[lam]]), tol=1e-5)
+    sk = LogisticRegression(C=1 / (lam * len(x)), max_iter=10000, tol=1e-10).fit(x.numpy(), y.numpy())
+    assert bool(info["converged"].all())
+    assert abs(accuracy(w[0, 0], xt, yt) - sk.score(xt.numpy(), yt.numpy())) <= 0.005
+    # Same minimiser: compare objective values (sklearn's scaled to ours) rather than raw weights.
+    skw = torch.from_numpy(np.vstack([sk.coef_.T, sk.intercept_[None]])).float()
+    ours = objective(w[0, 0], x, y, lam)
+    assert ours <= objective(skw, x, y, lam) + 1e-6
+
+
+def objective(w, x, y, lam):
+    logits = lin.predict_logits(w, x).double()
+    return (torch.nn.functional.cross_entropy(logits, y) + 0.5 * lam * w[:-1].double().pow(2).sum()).item()
+
+
+def test_batched_problems_and_lambdas_equal_separate_fits(digits):
+    x, y, _, _ = digits
+    parts = [torch.arange(0, 600), torch.arange(600, 1200)]
+    lams = torch.tensor([[1e-4, 1e-2], [1e-3, 1e-1]])
+    batch = lin.Problem.build(lin.with_bias(torch.stack([x[p] for p in parts])), torch.stack([y[p] for p in parts]), 10)
+    w, _ = lin.fit(batch, lams, tol=1e-6)
+    for b, p in enumerate(parts):
+        single = lin.Problem.build(lin.with_bias(x[p])[None], y[p][None], 10)
+        for j in range(2):
+            ws, _ = lin.fit(single, lams[b, j].view(1, 1), tol=1e-6)
+            assert objective(w[b, j], x[p], y[p], lams[b, j].item()) == pytest.approx(
+                objective(ws[0, 0], x[p], y[p], lams[b, j].item()), abs=1e-6)
+
+
+def test_warm_start_reaches_the_same_optimum(digits):
+    x, y, _, _ = digits
+    problem = lin.Problem.build(lin.with_bias(x)[None], y[None], 10)
+    cold, _ = lin.fit(problem, torch.tensor([[1e-3]]), tol=1e-6)
+    start, _ = lin.fit(problem, torch.tensor([[1e-2]]), tol=1e-6)
+    warm, info = lin.fit(problem, torch.tensor([[1e-3]]), start[:, 0:1], tol=1e-6)
+    assert objective(warm[0, 0], x, y, 1e-3) == pytest.approx(objective(cold[0, 0], x, y, 1e-3), abs=1e-6)
+
+
+def clip_benchmark_search(val_acc):
+    """CLIP_benchmark's tune_weight_decay, transcribed: returns (best index, indices in the order trained)."""
+    trained = []
+
+    def find_peak(idxs):
+        best, best_acc = 0, 0
+        for i in idxs:
+            trained.append(i)
+            if best_acc < val_acc(i):
+                best, best_acc = i, val_acc(i)
+        return best
+
+    grid = np.logspace(-6, 2, 97).tolist()
+    init = np.logspace(-6, 2, 7).tolist()
+    peak = find_peak([i for i, v in enumerate(grid) if v in init])
+    span = 8
+    while span > 0:
+        peak = find_peak([max(peak - span, 0), peak, min(peak + span, len(grid) - 1)])
+        span //= 2
+    return peak, trained
+
+
+@pytest.mark.parametrize("shape", ["peak37", "peak0", "peak96", "plateau", "bimodal"])
+def test_sweep_follows_clip_benchmark(monkeypatch, shape):
+    accs = {
+        "peak37": lambda i: 0.9 - abs(i - 37) / 200,
+        "peak0": lambda i: 0.9 - i / 200,
+        "peak96": lambda i: 0.5 + i / 400,
+        "plateau": lambda i: 0.8 if 30 <= i <= 60 else 0.7,
+        "bimodal": lambda i: max(0.9 - abs(i - 20) / 50, 0.95 - abs(i - 75) / 30),
+    }[shape]
+    # A fake solver whose "weights" make the validation accuracy a known function of the grid index.
+    monkeypatch.setattr(lin, "fit", lambda p, lam, w0=None, **kw: (lam[..., None, None].expand(*lam.shape, 2, 2), {}))
+    monkeypatch.setattr(lin, "predict_logits", lambda w, x: w[..., :1, :1].expand(*w.shape[:-2], x.shape[-2], 2))
+    index = {float(torch.tensor(v, dtype=torch.float32)): i for i, v in enumerate(lin.GRID)}
+
+    def fake_val_acc(w_logits, y):
+        return torch.tensor([[accs(index[float(v)]) for v in row[:, 0, 0].tolist()] for row in w_logits])
+
+    monkeypatch.setattr(lin, "_val_top1", fake_val_acc)
+    peak, _, log = lin.sweep(None, torch.zeros(1, 3, 2), torch.zeros(1, 3, dtype=torch.long), max_iter=1, tol=1.0)
+    expected, trained = clip_benchmark_search(accs)
+    assert peak[0] == expected
+    assert log["fits"][0] == len(set(trained))  # every value CLIP_benchmark trains, none twice
+
+
+def test_protocol_within_half_a_point_of_sklearn(digits):
+    x, y, xt, yt = digits
+    out = PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt))["linear"]
+    sk = LogisticRegression(C=out["C_sklearn"], max_iter=10000, tol=1e-8).fit(x.numpy(), y.numpy())
+    assert abs(out["top1"] - sk.score(xt.numpy(), yt.numpy())) <= 0.005
+    assert out["top1"] > 0.9 and 0 < out["top5"] <= 1
+    assert out["regularisation"] in lin.GRID and out["n_train"] + out["n_val"] == len(x)
+    for field in ("val_fraction", "seed", "grid", "search", "normalised", "tol", "max_iter", "matmul_dtype"):
+        assert field in out
+
+
+def test_bfloat16_products_reach_the_float32_optimum(digits):
+    if lin.product_dtype(10**9, torch.device("cpu")) != torch.bfloat16:
+        pytest.skip("no native bfloat16 products on this CPU")
+    x, y, xt, yt = digits
+    lam = torch.tensor([[1e-4, 1e-3]])
+    ws = {dt: lin.fit(lin.Problem.build(lin.with_bias(x)[None], y[None], 10, dt), lam, tol=1e-5)[0]
+          for dt in (torch.float32, torch.bfloat16)}
+    for j in range(2):
+        f32, f16 = (objective(ws[dt][0, j], x, y, lam[0, j].item()) for dt in (torch.float32, torch.bfloat16))
+        assert f16 == pytest.approx(f32, abs=1e-5)
+        assert abs(accuracy(ws[torch.bfloat16][0, j], xt, yt) - accuracy(ws[torch.float32][0, j], xt, yt)) <= 0.006
+
+
+def test_tiny_data_few_classes():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(3, 5, generator=g)[y] * 2 + torch.randn(60, 5, generator=g)
+    out = PROTOCOLS.get("linear")(Features(x[:40], y[:40]), Features(x[40:], y[40:]), seed=1)["linear"]
+    assert math.isnan(out["top5"]) and 0 <= out["top1"] <= 1 and out["seed"] == 1
+
+
+def test_fewshot_settings_and_draws(digits):
+    x, y, xt, yt = digits
+    out = PROTOCOLS.get("fewshot")(Features(x, y), Features(xt, yt), draws=2)
+    assert set(out) == {"fewshot_1pct", "fewshot_10pct", "fewshot_1shot", "fewshot_5shot", "fewshot_10shot"}
+    assert out["fewshot_5shot"]["n_labelled"] == 50 and out["fewshot_5shot"]["n_val"] == 50
+    assert out["fewshot_10pct"]["n_labelled"] == sum(round(n * 0.1) for n in np.bincount(y.numpy()))
+    assert len(out["fewshot_1shot"]["top1_draws"]) == 2
+    # More labels help (on average over draws; digits is easy enough for this to hold by a wide margin).
+    assert out["fewshot_1shot"]["top1"] < out["fewshot_10shot"]["top1"] < out["fewshot_10pct"]["top1"] + 0.05
+    assert out["fewshot_10shot"]["top1"] > 0.8
