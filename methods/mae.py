@@ -58,7 +58,7 @@ class MAEDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor, keep_idx: torch.Tensor, length: int) -> torch.Tensor:
         """Encoder tokens (N, 1 + L', D) of the kept patches -> predicted patches (N, L, P)."""
         x = self.embed(tokens)
-        full = self.mask_token.expand(len(x), length, -1).clone()
+        full = self.mask_token.to(x.dtype).expand(len(x), length, -1).clone()  # x is bf16 under CUDA autocast
         full.scatter_(1, keep_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x[:, 1:])
         x = torch.cat([x[:, :1], full], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(x)))[:, 1:]

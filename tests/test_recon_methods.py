@@ -229,3 +229,14 @@ def test_each_method_runs_through_the_cli(name, tmp_path):
         r = rec["metrics"]["reconstruction"]
         assert r["split"] == "test" and 0 < r["mse"] < 2 and r["space"] == "normalised pixels"
         assert rec["training"]["steps"] == 1437 // 128
+
+
+@pytest.mark.parametrize("name", ["mae", "autoencoder"])
+def test_training_step_under_bf16_autocast(name):
+    """The loop trains under bf16 autocast on CUDA; CPU autocast exercises the same dtype mixing."""
+    method = build(name, size=28, backbone_args={"widths": (8, 8, 8, 8)})
+    x = torch.randn(8, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = method.training_step(Batch([x], x, torch.zeros(8, dtype=torch.long), torch.arange(8)))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
