@@ -14,8 +14,8 @@ import protocols
 from bench.config import UNIFIED_RECIPE, Recipe, RunConfig
 from bench.data import DATASETS, Dataset, load_dataset
 from bench.errors import UsageError
-from bench.store import provenance, write_json
-from bench.train import Trainer, seed_everything
+from bench.store import provenance, save_checkpoint, write_json
+from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods.base import Context, make_config
 from protocols.base import Features
 from protocols.features import extract
@@ -90,13 +90,18 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     throughput: dict[str, Any] = {}
     if cls.fits_without_sgd:
         method.fit(ds)
+        # Same checkpoint shape as the loop's, so plots and feature caches can reload fitted methods too.
+        save_checkpoint(run_dir / CHECKPOINT, {"model": method.state_dict(), "epoch": 0, "step": 0,
+                                               "config_key": cfg.key()})
     elif cls.trainable:
         trainer = Trainer(method, ds, cfg, run_dir, progress)
         state = trainer.fit(resume=resume)
         training = {"status": state.status, "status_detail": state.status_detail, **trainer.summary()}
         throughput = trainer.meter.summary()
     train_s = time.perf_counter() - t0
-    metrics = evaluate(method, ds, cfg)
+    # A diverged run is never scored (its weights are the last finite step's, not a trained model); the record
+    # keeps status and step, and tables show it as a flag without numbers.
+    metrics = evaluate(method, ds, cfg) if training["status"] != "diverged" else {}
     record = {
         "run_id": cfg.run_id(), "status": training["status"], "config": cfg.to_dict(),
         "method_config": asdict(make_config(cls, cfg.method_args)),
