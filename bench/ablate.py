@@ -295,26 +295,55 @@ def run_cached(cfg: RunConfig, out: Path, ds, data_root: str | None = None) -> d
                 "config": cfg.to_dict(), "metrics": {}}
 
 
-def run_configs(configs: list[RunConfig], out: Path, data_root: str | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Run (or read back) every config, loading each dataset subset once; returns {run_id: record}."""
+_DATA: dict = {}
+
+
+def _dataset(cfg: RunConfig, data_root: str | None):
+    """This process's copy of the config's dataset subset (one kept at a time)."""
     from bench.data import load_dataset
+
+    key = (cfg.dataset, cfg.per_class, cfg.test_per_class, data_root)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class)
+    return _DATA[key]
+
+
+def _run_in_worker(cfg: RunConfig, out: Path, data_root: str | None) -> tuple[dict[str, Any], float]:
+    t = time.perf_counter()
+    return run_cached(cfg, out, _dataset(cfg, data_root), data_root), time.perf_counter() - t
+
+
+def run_configs(configs: list[RunConfig], out: Path, data_root: str | None = None,
+                log: Callable[[str], None] | None = None, jobs: int = 1) -> dict[str, dict[str, Any]]:
+    """Run (or read back) every config; returns {run_id: record}.
+
+    ``jobs`` > 1 runs that many configs at once in worker processes (spawned, so each has its own torch
+    threads: set OMP_NUM_THREADS, e.g. 1 thread x 2 jobs on 2 cores). Runs are independent and each writes
+    only its own run folder, so the records are the same as with one job.
+    """
     from bench.pipeline import validate
 
     for c in configs:
         validate(c)
     records: dict[str, dict[str, Any]] = {}
-    cache: dict = {}
-    for i, c in enumerate(configs, 1):
-        key = (c.dataset, c.per_class, c.test_per_class)
-        if key not in cache:
-            cache = {key: load_dataset(c.dataset, data_root, c.per_class, c.test_per_class)}
-        t = time.perf_counter()
-        rec = run_cached(c, out, cache[key], data_root)
+
+    def done(i: int, c: RunConfig, rec: dict[str, Any], secs: float) -> None:
         records[c.run_id()] = rec
         if log:
-            log(f"[{i}/{len(configs)}] {c.run_id()} {rec.get('status')} {METRIC} {100 * metric_of(rec):.1f} "
-                f"({time.perf_counter() - t:.1f} s)")
+            log(f"[{i}/{len(configs)}] {c.run_id()} {rec.get('status')} {METRIC} {100 * metric_of(rec):.1f} ({secs:.1f} s)")
+
+    if jobs <= 1:
+        for i, c in enumerate(configs, 1):
+            done(i, c, *_run_in_worker(c, out, data_root))
+        return records
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_in_worker, c, out, data_root): c for c in configs}
+        for i, f in enumerate(as_completed(futures), 1):
+            done(i, futures[f], *f.result())
     return records
 
 
@@ -367,8 +396,15 @@ def tuned_values(tuned_runs: Path, scale: Scale) -> tuple[dict[str, list[float]]
     return values, notes
 
 
+RECIPE_TEXT = {"recipe": "each method under its paper recipe and under the unified recipe",
+               "paper": "the method's paper recipe (optimizer, base lr, weight decay, warm-up), as its paper ablated",
+               "unified": f"the unified recipe ({UNIFIED_RECIPE.optimizer}, lr {UNIFIED_RECIPE.lr:g} x batch/256, "
+                          f"wd {UNIFIED_RECIPE.weight_decay:g}, {UNIFIED_RECIPE.schedule})"}
+
+
 def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
-                      tuned: dict[str, list[float]] | None = None, tuned_notes: list[str] | None = None) -> str:
+                      tuned: dict[str, list[float]] | None = None, tuned_notes: list[str] | None = None,
+                      command: str = "") -> str:
     from bench.stats import cell_table, method_vs_engineering, method_vs_engineering_markdown, plot_cells
     from bench.store import atomic_write_bytes
 
@@ -382,10 +418,11 @@ def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
     text = [f"## Ablation grid `{grid.name}`", "",
             f"Scale `{scale.name}`: {scale.dataset}, {scale.per_class or 'all'} train / {scale.test_per_class or 'all'} "
             f"test images per class, {scale.epochs} epoch(s), batch {scale.batch_size}, {scale.backbone}; "
-            f"test-split kNN top-1 (k=20, cosine, weighted); {seeds} seeds per cell. "
-            "Mean, 95% BCa bootstrap interval over seeds (scipy.stats.bootstrap) and, for comparison, the "
-            "t-interval half-width; flags count runs the loop marked diverged / collapsed (their scores are "
-            "included as measured).", "", cells_markdown(table), "", f"![{grid.name}]({grid.name}.png)", ""]
+            f"{RECIPE_TEXT.get(grid.name, RECIPE_TEXT[grid.recipe])}; test-split kNN top-1 (k=20, cosine, weighted); "
+            f"{seeds} seeds per cell. Mean, 95% BCa bootstrap interval over seeds (scipy.stats.bootstrap) and, for "
+            "comparison, the t-interval half-width; n counts scored seeds. Flags count runs the loop marked diverged "
+            "(not scored) or collapsed (scored as measured).", "", f"Command: `{command}`" if command else "",
+            "", cells_markdown(table), "", f"![{grid.name}]({grid.name}.png)", ""]
     text += [f"- note: {n}" for n in grid.notes]
     if grid.name == "recipe":
         values: dict[tuple[str, str], list[float]] = {}
@@ -410,7 +447,7 @@ def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
 
 
 def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", data_root: str | None = None,
-                 tuned_runs: Path | None = None, log: Callable[[str], None] | None = None) -> str:
+                 tuned_runs: Path | None = None, log: Callable[[str], None] | None = None, jobs: int = 1) -> str:
     if seeds < MIN_SEEDS:
         raise UsageError(f"--seeds {seeds}: every cell needs at least {MIN_SEEDS} seeds for an interval")
     if scale_name not in SCALES:
@@ -422,8 +459,11 @@ def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", da
     tuned, tuned_notes = tuned_values(Path(tuned_runs), scale) if tuned_runs else (None, [])
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
-    records = run_configs(seeded(grids, seeds), out, data_root, log)
-    parts = [write_grid_report(g, runs_frame(g, seeds, records), out, scale, tuned, tuned_notes) for g in grids if g.cells]
+    records = run_configs(seeded(grids, seeds), out, data_root, log, jobs)
+    command = f"repbench ablate --grid {name} --seeds {seeds} --scale {scale_name}"
+    command += f" --tuned {tuned_runs}" if tuned_runs else ""
+    parts = [write_grid_report(g, runs_frame(g, seeds, records), out, scale, tuned, tuned_notes, command)
+             for g in grids if g.cells]
     text = "\n".join(parts)
     if name in COMPOSITES:
         from bench.store import atomic_write_bytes

@@ -479,7 +479,7 @@ def study_report(study, suite: SearchSuite, out: Path, tuned: list[float]) -> di
     return row
 
 
-def summary_markdown(rows: list[dict[str, Any]], suite: SearchSuite, trials: int) -> str:
+def summary_markdown(rows: list[dict[str, Any]], suite: SearchSuite, trials: int, command: str = "") -> str:
     from bench.stats import interval, pct
 
     table = pd.DataFrame([{
@@ -495,7 +495,11 @@ def summary_markdown(rows: list[dict[str, Any]], suite: SearchSuite, trials: int
             f"trial. Test tuned: the best configuration re-trained on the whole training subset with fresh seeds "
             f"({FRESH_SEED_BASE}, ...) and scored on the test split ({s.test_per_class or 'all'} per class): mean and 95% "
             "BCa bootstrap interval over seeds. Importances: fANOVA and PED-ANOVA over complete trials (noisy at "
-            "this budget).", "", table.to_markdown(index=False), "", "![budget curves](budget_curves.png)", ""]
+            "this budget). Budget curves: expected best validation score after n trials (Dodge et al. 2019), drawing "
+            "from this study's finished trials (a pruned trial counts at its last score, a failed one at chance); "
+            "TPE's trials are not independent draws, so read the curves as indicative.", "",
+            f"Command: `{command}`" if command else "", "", table.to_markdown(index=False), "",
+            "![budget curves](budget_curves.png)", ""]
     return "\n".join(head)
 
 
@@ -526,7 +530,8 @@ def run_search(method_names: list[str], suite: SearchSuite, trials: int, spec: S
     if len(method_names) > 1:
         plot_budget_curves({r["method"]: r["curve"] for r in rows}, Path(out) / "budget_curves.png",
                            f"{suite.name}: expected best validation kNN vs trials")
-        atomic_write_bytes(Path(out) / "summary.md", summary_markdown(rows, suite, trials).encode())
+        command = f"repbench search --suite {suite.name} --trials {trials} --methods {','.join(method_names)} --seeds {seeds}"
+        atomic_write_bytes(Path(out) / "summary.md", summary_markdown(rows, suite, trials, command).encode())
         flat = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
         atomic_write_bytes(Path(out) / "summary.csv", flat.to_csv(index=False).encode())
         curves = pd.concat([r["curve"].assign(method=r["method"]) for r in rows], ignore_index=True)

@@ -102,3 +102,15 @@ def test_recipe_report_has_method_vs_engineering(tmp_path):
     assert (mve["method_a"], mve["method_b"]) == ("b", "a")
     assert mve["gap_paper"] == pytest.approx(0.10) and mve["gap_unified"] == pytest.approx(0.04)
     assert mve["recipe_share"] == pytest.approx(0.6) and mve["gap_tuned"] == pytest.approx(-0.01)
+
+
+def test_parallel_jobs_write_the_same_runs(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # spawned workers: one thread each
+    code, _, err = cli("ablate", "--grid", "smoke", "--seeds", 3, "--jobs", 2, "--out", tmp_path)
+    assert code == 0, err
+    runs = pd.read_csv(tmp_path / "smoke" / "runs.csv")
+    expected = {replace(c.config, seed=s).run_id() for c in ablate.build("smoke", ablate.SCALES["smoke"])[0].cells
+                for s in range(3)}
+    assert set(runs["run_id"]) == expected and (runs["status"] == "ok").all()
+    assert runs["value"].between(0, 1).all()
+    assert len(list((tmp_path / "runs").rglob("record.json"))) == 6

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", default="quick", choices=["quick", "smoke"], help="data and budget (default quick)")
     p.add_argument("--out", default="results/ablations", help="records and tables (default results/ablations)")
     p.add_argument("--tuned", help="records of 'repbench search' (its --out) for the tuned column of the recipe grid")
+    p.add_argument("--jobs", type=int_range(1, 64), default=1,
+                   help="runs at once, in worker processes (default 1; e.g. 2 with OMP_NUM_THREADS=1 on 2 cores)")
     p.add_argument("--data-root", help="folder holding the dataset files")
 
 
@@ -32,5 +34,5 @@ def run(a: argparse.Namespace) -> int:
         raise UsageError(f"--tuned {a.tuned} is not a folder; pass the --out of 'repbench search --methods all'")
     out = Path(a.out)
     check_out_dir(out)
-    print(run_ablation(a.grid, a.seeds, out, a.scale, a.data_root, Path(a.tuned) if a.tuned else None))
+    print(run_ablation(a.grid, a.seeds, out, a.scale, a.data_root, Path(a.tuned) if a.tuned else None, jobs=a.jobs))
     return 0
