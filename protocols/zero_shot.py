@@ -82,7 +82,9 @@ def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, text_of_im
 
 
 def _image_embeddings(method, test: Features, device) -> torch.Tensor:
-    if hasattr(method, "project_image"):
+    """Joint-space test embeddings: the cached backbone features through ``project_image`` when they are
+    backbone features, else the test images through ``encode_image`` (eval mode, un-augmented)."""
+    if hasattr(method, "project_image") and test.meta.get("layer", "encoder") in ("encoder", "backbone"):
         return method.project_image(test.x.to(device)).float().cpu()
     ds = test.meta["dataset"]
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in ds.mean_std())

@@ -268,3 +268,20 @@ def test_zero_shot_reports_misaligned_class_sets(small_shapes):
     res = PROTOCOLS.get("zero-shot")(f, f, seed=0)
     assert "top1" in res["zero-shot"] and "error" in res["zero-shot-colour"]
     assert res["retrieval"]["images"] == len(ds.test_y) == 18
+
+
+def test_zero_shot_same_from_cached_features_and_from_images(small_shapes):
+    ds = small_shapes
+    cls = METHODS.get("clip")
+    m = cls(_context(ds), make_config(cls, {"text_width": 32})).eval()
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in ds.mean_std())
+    with torch.no_grad():
+        x = m.encoder((ds.test_x.float() / 255 - mean) / std)
+    from_features = PROTOCOLS.get("zero-shot")(*[Features(x, ds.test_y, {"method": m, "dataset": ds, "layer": "backbone"})] * 2)
+    # Features of another layer are not backbone features: the protocol re-encodes the test images.
+    from_images = PROTOCOLS.get("zero-shot")(*[Features(torch.zeros(len(x), 3), ds.test_y,
+                                                        {"method": m, "dataset": ds, "layer": "head"})] * 2)
+    for key in ("zero-shot", "zero-shot-combination", "retrieval"):
+        for field in ("top1", "top5", "i2t_r1", "t2i_r5"):
+            if field in from_features[key]:
+                assert from_features[key][field] == pytest.approx(from_images[key][field], abs=1e-6)
