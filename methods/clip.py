@@ -51,8 +51,9 @@ class CLIPConfig:
 @METHODS.register("clip")
 class CLIP(Method):
     Config = CLIPConfig
-    # Paper (Sec. 2.5, Table 19): AdamW, betas (0.9, 0.98), eps 1e-6 (ours: torch's 1e-8), wd 0.2, cosine,
-    # 2,000 warm-up iterations (~0.16 of an epoch at 12.3k iterations per epoch), lr 5e-4 at batch 32,768.
+    # Paper (Sec. 2.5, App. F): AdamW, wd 0.2, cosine, 2,000 warm-up iterations (~0.16 of an epoch at 12.2k
+    # iterations per epoch), lr 5e-4 at batch 32,768 (RN50). betas (0.9, 0.98) are its ViT value (its ResNets
+    # used beta2 0.999); eps is torch's 1e-8 (the Recipe has no eps field).
     # CLIP did not scale its rate with batch size; 5e-4 x 256/32,768 = 3.9e-6 would not move a short run,
     # so 5e-4 is kept as the base rate for batch 256.
     paper_recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), warmup_epochs=0.16)
