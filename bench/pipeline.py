@@ -104,7 +104,8 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     metrics = evaluate(method, ds, cfg) if training["status"] != "diverged" else {}
     record = {
         "run_id": cfg.run_id(), "status": training["status"], "config": cfg.to_dict(),
-        "method_config": asdict(make_config(cls, cfg.method_args)),
+        # The method's resolved config (capped queue sizes, backbone-dependent defaults), not just the request.
+        "method_config": asdict(getattr(method, "cfg", None) or make_config(cls, cfg.method_args)),
         "recipe_diff_from_unified": recipe_diff(cfg.recipe),
         "data": {"name": ds.name, "source": ds.source, "train": len(ds.train_y), "test": len(ds.test_y)},
         "metrics": metrics, "training": training, "throughput": throughput,
