@@ -61,15 +61,26 @@ DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 def load_dataset(name: str, data_root: str | None = None, per_class: int | None = None,
                  test_per_class: int | None = None) -> Dataset:
     ds = DATASETS.get(name)(data_root=data_root)
-    if per_class:
-        keep = class_subset(ds.train_y, per_class)
-        ds = replace(ds, train_x=ds.train_x[keep], train_y=ds.train_y[keep],
-                     train_text=[ds.train_text[i] for i in keep] if ds.train_text else None)
-    if test_per_class:
-        keep = class_subset(ds.test_y, test_per_class)
-        ds = replace(ds, test_x=ds.test_x[keep], test_y=ds.test_y[keep],
-                     test_text=[ds.test_text[i] for i in keep] if ds.test_text else None)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        if n:
+            keep = class_subset(getattr(ds, f"{split}_y"), n)
+            text = getattr(ds, f"{split}_text")
+            ds = replace(ds, **{f"{split}_x": getattr(ds, f"{split}_x")[keep], f"{split}_y": getattr(ds, f"{split}_y")[keep],
+                                f"{split}_text": [text[i] for i in keep] if text else None,
+                                "extras": _subset_extras(ds.extras, split, keep)})
     return ds
+
+
+def _subset_extras(extras: dict, split: str, keep: torch.Tensor) -> dict:
+    """Per-image extras (other class definitions, attributes) follow the images into a subset."""
+    out = dict(extras)
+    if "class_sets" in extras:
+        out["class_sets"] = {name: {**cs, f"{split}_y": torch.as_tensor(cs[f"{split}_y"])[keep]}
+                             for name, cs in extras["class_sets"].items()}
+    if "attributes" in extras and split in extras["attributes"]:
+        out["attributes"] = {**extras["attributes"],
+                             split: {k: torch.as_tensor(v)[keep] for k, v in extras["attributes"][split].items()}}
+    return out
 
 
 def class_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

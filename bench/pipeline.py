@@ -19,6 +19,7 @@ from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods.base import Context, make_config
 from protocols.base import Features
 from protocols.features import extract
+from protocols.zero_shot import write_clip_benchmark
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 
@@ -113,4 +114,6 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
         "provenance": provenance(cfg.seed, cfg.device),
     }
     write_json(run_dir / "record.json", record)
+    # Zero-shot results also in CLIP_benchmark's file shape, to sit beside its published numbers.
+    write_clip_benchmark(metrics, run_dir, cfg.dataset, f"{cfg.method}-{cfg.backbone}", pretrained=cfg.run_id())
     return record
