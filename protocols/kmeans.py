@@ -19,7 +19,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from protocols.base import PROTOCOLS, Features, Metrics
-from protocols.features import resolve_device
+from protocols.features import resolve_device, threads_by_size, threads_for
 
 
 def cluster_accuracy(y_true, y_pred) -> float:
@@ -40,104 +40,122 @@ def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor) -> torc
 
     Shape: x (N, D), x_sq (N,), centers (R, K, D) -> (N, R, K).
     """
+    return (x_sq[:, None, None] + _scores(x, centers)).clamp_min_(0)
+
+
+def _scores(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """||c||^2 - 2 x.c: the squared distance less ||x||^2, enough to rank centres. Shape: -> (N, R, K)."""
     r, k, d = centers.shape
     c_sq = centers.pow(2).sum(-1).reshape(1, r * k)
-    dots = x @ centers.reshape(r * k, d).T
-    return (x_sq[:, None] + c_sq - 2 * dots).clamp_min_(0).view(-1, r, k)
+    return torch.addmm(c_sq, x, centers.reshape(r * k, d).T, alpha=-2).view(-1, r, k)
 
 
 def kmeans_plusplus(x: torch.Tensor, x_sq: torch.Tensor, k: int, restarts: int,
-                    generator: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ (Arthur & Vassilvitskii 2007, with scikit-learn's 2 + log K local trials), per restart.
+                    generators: list[torch.Generator]) -> torch.Tensor:
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007, with scikit-learn's 2 + log K local trials).
 
-    Shape: x (N, D) -> centres (R, K, D).
+    ``restarts`` seedings per generator, computed together. Shape: x (N, D) -> centres (G * R, K, D).
     """
     n, d = x.shape
     trials = 2 + int(math.log(k))
-    first = torch.randint(n, (restarts,), generator=generator, device="cpu").to(x.device)
-    centers = torch.empty(restarts, k, d, dtype=x.dtype, device=x.device)
+    r = restarts * len(generators)
+    rows = torch.arange(r, device=x.device)
+    first = torch.cat([torch.randint(n, (restarts,), generator=g) for g in generators]).to(x.device)
+    centers = torch.empty(r, k, d, dtype=x.dtype, device=x.device)
     centers[:, 0] = x[first]
     closest = _sq_dist(x, x_sq, centers[:, :1])[..., 0]  # (N, R)
     for j in range(1, k):
         pot = closest.sum(0)  # (R,)
         # Sample candidates with probability proportional to the current squared distance.
-        u = torch.rand(restarts, trials, generator=generator, device="cpu").to(x.device) * pot[:, None]
-        cum = closest.T.cumsum(1)  # (R, N)
-        cand = torch.searchsorted(cum, u).clamp_max_(n - 1)  # (R, T)
-        cand_d = _sq_dist(x, x_sq, x[cand])  # (N, R, T)
-        new_closest = torch.minimum(closest[:, :, None], cand_d)
+        u = torch.cat([torch.rand(restarts, trials, generator=g) for g in generators]).to(x.device) * pot[:, None]
+        cand = torch.searchsorted(closest.T.cumsum(1), u).clamp_max_(n - 1)  # (R, T)
+        new_closest = torch.minimum(closest[:, :, None], _sq_dist(x, x_sq, x[cand]))
         best = new_closest.sum(0).argmin(1)  # (R,)
-        centers[:, j] = x[cand[torch.arange(restarts, device=x.device), best]]
-        closest = new_closest[:, torch.arange(restarts, device=x.device), best]
+        centers[:, j] = x[cand[rows, best]]
+        closest = new_closest[:, rows, best]
     return centers
 
 
 def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Lloyd iterations for R restarts at once; each restart stops on its own (scikit-learn's rule).
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lloyd iterations for R restarts at once; each stops on its own (scikit-learn's rule: assignments
+    unchanged, or centre shift <= tol x mean feature variance) and leaves the batch.
 
-    Shape: x (N, D), centers (R, K, D) -> (centers (R, K, D), labels (N, R), inertia (R,), iterations).
+    Shape: x (N, D), centers (R, K, D) -> (centers (R, K, D), labels (N, R), inertia (R,), iterations (R,)).
     """
     n, d = x.shape
     r, k, _ = centers.shape
     x_sq = x.pow(2).sum(1)
     shift_tol = tol * x.var(0).mean() if n > 1 else torch.zeros((), device=x.device)
-    active = torch.ones(r, dtype=torch.bool, device=x.device)
-    dist = _sq_dist(x, x_sq, centers)
-    labels = dist.argmin(-1)
-    offset = (torch.arange(r, device=x.device) * k)[None, :]
-    iterations = 0
-    while iterations < max_iter:
-        iterations += 1
+    out_centers, out_labels = centers.clone(), torch.empty(n, r, dtype=torch.long, device=x.device)
+    iterations = torch.zeros(r, dtype=torch.long)
+    alive = torch.arange(r, device=x.device)
+    score, labels = _scores(x, centers).min(-1)
+    it = 0
+    while len(alive):
+        it += 1
+        live = len(alive)
         # Sums per (restart, cluster) as one product with the one-hot assignment (N, R*K).
-        onehot = torch.zeros(n, r * k, dtype=x.dtype, device=x.device).scatter_(1, labels + offset, 1.0)
-        counts = onehot.sum(0).view(r, k)
-        new = (onehot.T @ x).view(r, k, d) / counts.clamp_min(1)[..., None]
+        flat = labels + (torch.arange(live, device=x.device) * k)[None, :]
+        onehot = torch.zeros(n, live * k, dtype=x.dtype, device=x.device).scatter_(1, flat, 1.0)
+        counts = onehot.sum(0).view(live, k)
+        new = (onehot.T @ x).view(live, k, d) / counts.clamp_min(1)[..., None]
         new = torch.where((counts > 0)[..., None], new, centers)
         if (counts == 0).any():
-            _relocate_empty(x, new, counts, dist, labels)
-        new = torch.where(active[:, None, None], new, centers)
+            _relocate_empty(x, new, counts, x_sq[:, None] + score)
         shift = (new - centers).pow(2).sum((1, 2))
         centers = new
-        dist = _sq_dist(x, x_sq, centers)
-        new_labels = dist.argmin(-1)
-        unchanged = (new_labels == labels).all(0)
-        labels = torch.where(active[None, :], new_labels, labels)
-        active &= ~(unchanged | (shift <= shift_tol))
-        if not active.any():
-            break
-    inertia = dist.gather(2, labels[..., None])[..., 0].sum(0)
-    return centers, labels, inertia, iterations
+        score, new_labels = _scores(x, centers).min(-1)
+        done = (new_labels == labels).all(0) | (shift <= shift_tol)
+        labels = new_labels
+        if it >= max_iter:
+            done[:] = True
+        if done.any():
+            idx = alive[done]
+            out_centers[idx], out_labels[:, idx], iterations[idx.cpu()] = centers[done], labels[:, done], it
+            alive, centers, labels, score = alive[~done], centers[~done], labels[:, ~done], score[:, ~done]
+    inertia = _sq_dist(x, x_sq, out_centers).gather(2, out_labels[..., None])[..., 0].sum(0)
+    return out_centers, out_labels, inertia, iterations
 
 
-def _relocate_empty(x, centers, counts, dist, labels) -> None:
-    """An empty cluster takes the point farthest from its centre (as scikit-learn), in place."""
-    empty = (counts == 0).nonzero().tolist()
-    for r, j in empty:
-        far = dist[torch.arange(len(x)), r, labels[:, r]].argmax()
-        centers[r, j] = x[far]
+def _relocate_empty(x, centers, counts, dist_to_own) -> None:
+    """An empty cluster takes the point farthest from its centre (as scikit-learn), in place.
 
-
-def fit_predict(train_x: torch.Tensor, test_x: torch.Tensor, k: int, n_init: int = 10, seed: int = 0,
-                max_iter: int = 300, tol: float = 1e-4, device: str | torch.device = "cpu"
-                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Fit K-Means on ``train_x`` (best of ``n_init`` restarts by inertia), assign both splits.
-
-    Shape: train_x (N, D), test_x (M, D) -> (train labels (N,), test labels (M,), info).
+    Shape: dist_to_own (N, R) each point's squared distance to its current centre.
     """
-    g = torch.Generator().manual_seed(seed)
+    for r, j in (counts == 0).nonzero().tolist():
+        far = dist_to_own[:, r].argmax()
+        centers[r, j] = x[far]
+        dist_to_own[far, r] = 0  # a second empty cluster of this restart takes the next farthest point
+
+
+def fit_predict(train_x: torch.Tensor, test_x: torch.Tensor, k: int, n_init: int = 10, seeds=(0,),
+                max_iter: int = 300, tol: float = 1e-4, device: str | torch.device = "cpu"
+                ) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """For each seed, K-Means fit on ``train_x`` (best of ``n_init`` restarts by inertia), both splits assigned.
+
+    All seeds' restarts run as one batch. Shape: train_x (N, D), test_x (M, D) ->
+    per seed (train labels (N,), test labels (M,), info).
+    """
     x = train_x.to(device, torch.float32)
-    k = min(k, len(x))
-    init = kmeans_plusplus(x, x.pow(2).sum(1), k, n_init, g)
-    centers, labels, inertia, iters = lloyd(x, init, max_iter, tol)
-    best = int(inertia.argmin())
-    c = centers[best:best + 1]
     t = test_x.to(device, torch.float32)
-    test_labels = _sq_dist(t, t.pow(2).sum(1), c)[:, 0].argmin(-1) if len(t) else torch.empty(0, dtype=torch.long)
-    return labels[:, best].cpu(), test_labels.cpu(), {"inertia": float(inertia[best]), "iterations": iters}
+    k = min(k, len(x))
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    with threads_for(len(x) * max(x.shape[1], len(generators) * n_init * k), x.device):
+        init = kmeans_plusplus(x, x.pow(2).sum(1), k, n_init, generators)
+        centers, labels, inertia, iters = lloyd(x, init, max_iter, tol)
+    out = []
+    for i in range(len(seeds)):
+        group = slice(i * n_init, (i + 1) * n_init)
+        best = i * n_init + int(inertia[group].argmin())
+        test_labels = _scores(t, centers[best:best + 1])[:, 0].argmin(-1)
+        out.append((labels[:, best].cpu(), test_labels.cpu(),
+                    {"inertia": float(inertia[best]), "iterations": int(iters[group].max())}))
+    return out
 
 
 @PROTOCOLS.register("kmeans")
+@threads_by_size(lambda train, test: train.x.numel())
 def evaluate(train: Features, test: Features, *, n_init: int = 10, n_seeds: int = 3, seed: int = 0,
              max_iter: int = 300, tol: float = 1e-4, normalise: bool = True, device: str | None = None,
              **_ignored) -> Metrics:
@@ -151,8 +169,7 @@ def evaluate(train: Features, test: Features, *, n_init: int = 10, n_seeds: int 
     scores: dict[str, list[float]] = {"nmi": [], "ari": [], "acc": []}
     iterations = []
     seeds = list(range(seed, seed + n_seeds))
-    for s in seeds:
-        _, pred, info = fit_predict(tx, sx, num_classes, n_init, s, max_iter, tol, dev)
+    for _, pred, info in fit_predict(tx, sx, num_classes, n_init, seeds, max_iter, tol, dev):
         pred = pred.numpy()
         scores["nmi"].append(float(normalized_mutual_info_score(y, pred)))
         scores["ari"].append(float(adjusted_rand_score(y, pred)))

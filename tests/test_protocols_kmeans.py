@@ -54,7 +54,7 @@ def digits_features():
 
 def test_lloyd_matches_sklearn_from_the_same_start():
     x, _, _, _ = digits_features()
-    init = kmeans_plusplus(x, x.pow(2).sum(1), 10, 3, torch.Generator().manual_seed(0))
+    init = kmeans_plusplus(x, x.pow(2).sum(1), 10, 3, [torch.Generator().manual_seed(0)])
     centers, labels, inertia, _ = lloyd(x, init)
     for r in range(3):
         sk = KMeans(10, init=init[r].double().numpy(), n_init=1, algorithm="lloyd").fit(x.double().numpy())
@@ -64,7 +64,7 @@ def test_lloyd_matches_sklearn_from_the_same_start():
 
 def test_restarts_reach_sklearn_quality():
     x, _, _, _ = digits_features()
-    ours = [fit_predict(x, x[:1], 10, n_init=10, seed=s)[2]["inertia"] for s in range(3)]
+    ours = [info["inertia"] for _, _, info in fit_predict(x, x[:1], 10, n_init=10, seeds=range(3))]
     sk = [KMeans(10, n_init=10, random_state=s).fit(x.numpy()).inertia_ for s in range(3)]
     assert np.mean(ours) <= np.mean(sk) * 1.005
 
@@ -72,7 +72,7 @@ def test_restarts_reach_sklearn_quality():
 def test_protocol_metrics_are_sklearn_metrics_of_its_assignment():
     tr_x, tr_y, te_x, te_y = digits_features()
     out = PROTOCOLS.get("kmeans")(Features(tr_x, tr_y), Features(te_x, te_y), n_seeds=2, seed=5)["kmeans"]
-    preds = [fit_predict(tr_x, te_x, 10, 10, s)[1].numpy() for s in (5, 6)]
+    preds = [test.numpy() for _, test, _ in fit_predict(tr_x, te_x, 10, 10, (5, 6))]
     assert out["nmi"] == pytest.approx(np.mean([normalized_mutual_info_score(te_y, p) for p in preds]))
     assert out["ari"] == pytest.approx(np.mean([adjusted_rand_score(te_y, p) for p in preds]))
     assert out["acc"] == pytest.approx(np.mean([cluster_accuracy(te_y.numpy(), p) for p in preds]))
@@ -81,13 +81,21 @@ def test_protocol_metrics_are_sklearn_metrics_of_its_assignment():
     assert out["nmi"] > 0.6  # digits cluster well: a broken assignment would land near 0
 
 
+def test_seeds_batched_equal_seeds_alone():
+    x, _, _, _ = digits_features()
+    together = fit_predict(x, x[:50], 10, n_init=3, seeds=(1, 2))
+    for s, (train_labels, _, info) in zip((1, 2), together, strict=True):
+        alone = fit_predict(x, x[:50], 10, n_init=3, seeds=(s,))[0]
+        assert torch.equal(alone[0], train_labels) and alone[2]["inertia"] == pytest.approx(info["inertia"])
+
+
 def test_empty_cluster_is_relocated():
-    # Two far-apart points and a centre nobody is nearest to: it must move onto a data point.
+    # Two far-apart pairs and two centres nobody is nearest to: they must move onto distinct data points.
     x = torch.tensor([[0.0, 0.0], [0.0, 0.1], [10.0, 10.0], [10.0, 10.1]])
-    init = torch.tensor([[[0.0, 0.05], [10.0, 10.05], [100.0, 100.0]]])
-    centers, labels, _, _ = lloyd(x, init)
-    assert len(set(labels[:, 0].tolist())) == 3
-    assert (centers[0, 2].abs() < 20).all()
+    init = torch.tensor([[[0.0, 0.05], [10.0, 10.05], [100.0, 100.0], [-100.0, 100.0]]])
+    centers, labels, inertia, _ = lloyd(x, init)
+    assert len(set(labels[:, 0].tolist())) == 4
+    assert (centers[0].abs() < 20).all() and inertia.item() < 0.02
 
 
 def test_tiny_data_and_fewer_samples_than_classes():
