@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from protocols.base import PROTOCOLS, Features, Metrics
-from protocols.features import resolve_device
+from protocols.features import resolve_device, threads_by_size
 from protocols.linear import (
     GRID,
     Problem,
@@ -58,6 +58,7 @@ def _settings(fractions, shots) -> list[tuple[str, dict]]:
 
 
 @PROTOCOLS.register("fewshot")
+@threads_by_size(lambda train, test: train.x.numel() // 10)  # the largest labelled set is 10%
 def evaluate(train: Features, test: Features, *, fractions=DEFAULT_FRACTIONS, shots=DEFAULT_SHOTS, draws: int = 3,
              seed: int = 0, normalise: bool = True, max_iter: int = 500, tol: float = 1e-4,
              device: str | None = None, **_ignored) -> Metrics:

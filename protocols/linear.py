@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from protocols.base import PROTOCOLS, Features, Metrics
-from protocols.features import resolve_device
+from protocols.features import resolve_device, threads_by_size, threads_for
 
 GRID = np.logspace(-6, 2, 97)
 COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) inside the 97-point grid
@@ -42,13 +42,15 @@ class Problem:
     """B equally sized training sets with their preconditioner.
 
     Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1)
-    the same in the product dtype (bfloat16 where native, else x itself); y (B, N) int64;
+    the same in the product dtype (bfloat16 where native, else x itself) and fast_t its transpose
+    (B, D+1, N), contiguous for bfloat16 (oneDNN runs a transposed bfloat16 operand ~9x slower); y (B, N);
     mean (B, D) the feature mean; basis (B, D+1, D+1), spectrum (B, D+1) the eigendecomposition of
     the centred second moment blockdiag(cov(x), 1) (the last direction is the bias).
     """
 
     x: torch.Tensor
     fast: torch.Tensor
+    fast_t: torch.Tensor
     y: torch.Tensor
     num_classes: int
     mean: torch.Tensor
@@ -69,7 +71,10 @@ class Problem:
         full_basis[:, :d, :d] = basis
         full_basis[:, d, d] = 1.0
         full_spectrum = torch.cat([spectrum.clamp_min(0), spectrum.new_ones(b, 1)], 1).float()
-        return cls(x, fast, y, num_classes, mean.float(), full_basis, full_spectrum)
+        fast_t = fast.transpose(1, 2)
+        if fast.dtype != torch.float32:
+            fast_t = fast_t.contiguous()
+        return cls(x, fast, fast_t, y, num_classes, mean.float(), full_basis, full_spectrum)
 
 
 def with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -111,19 +116,6 @@ def _softmax_ce(z: torch.Tensor, yi: torch.Tensor) -> tuple[torch.Tensor, torch.
     return ce, e, s
 
 
-def _times_x(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """r @ x in float32. With bfloat16 x, r is split into two bfloat16 parts (hi + lo): rounding r once
-    biases the gradient when residuals are alike across samples, as they are early in a fit.
-    Shape: r (B, K, N) float32, x (B, N, P) -> (B, K, P).
-    """
-    if x.dtype == torch.float32:
-        return r @ x
-    hi = r.to(x.dtype)
-    lo = (r - hi.float()).to(x.dtype)
-    both = (torch.cat([hi, lo], 1) @ x).float()
-    return both[:, : r.shape[1]] + both[:, r.shape[1]:]
-
-
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((2, 3))
 
@@ -145,6 +137,13 @@ class _State:
 
 def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_iter: int = 500, tol: float = 1e-4,
         memory: int = 20, alpha: float | None = None, refresh_every: int = 10) -> tuple[torch.Tensor, dict]:
+    b, n, d1 = p.x.shape
+    with threads_for(b * n * max(d1, lam.shape[1] * p.num_classes), p.x.device):
+        return _fit(p, lam, w0, max_iter=max_iter, tol=tol, memory=memory, alpha=alpha, refresh_every=refresh_every)
+
+
+def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: int, tol: float, memory: int,
+         alpha: float | None, refresh_every: int) -> tuple[torch.Tensor, dict]:
     """Minimise mean CE + lam/2 ||W||^2 for every (problem, lambda) with L-BFGS, each model stopping on its own.
 
     The weights are parametrised around the feature mean (logits (x - mean) W + b', the same model with
@@ -173,7 +172,7 @@ def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_it
         return torch.cat([t[:, :, :-1], t[:, :, -1:] - mean @ t[:, :, :-1]], 2)
 
     def from_data_grad(g):  # gradient wrt data-space weights -> wrt centred ones
-        return torch.cat([g[:, :, :-1] - mean.transpose(2, 3) @ g[:, :, -1:], g[:, :, -1:]], 2)
+        return torch.cat([g[:, :, :-1] - mean.transpose(2, 3) * g[:, :, -1:], g[:, :, -1:]], 2)
 
     if w0 is None:
         w = torch.zeros(b, n_models, d1, c, device=dev)
@@ -188,15 +187,16 @@ def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_it
             "stalled": torch.zeros(b, n_models, dtype=torch.bool)}
     cols = torch.arange(n_models)  # which of the caller's models each live column is
 
-    def products(weights, x):  # (B, L, D+1, C) x (B, N, D+1) -> (B, L, C, N)
+    def products(weights, x_t):  # (B, L, D+1, C) x (B, D+1, N) -> (B, L, C, N)
         live = weights.shape[1]
-        return (weights.transpose(2, 3).reshape(b, live * c, d1).to(x.dtype) @ x.transpose(1, 2)).float().view(
-            b, live, c, n)
+        return (weights.transpose(2, 3).reshape(b, live * c, d1).to(x_t.dtype) @ x_t).float().view(b, live, c, n)
 
     def gradient(st: _State, ce, e, s) -> None:
         live = st.w.shape[1]
         r = e.div_(s).scatter_add_(2, yi[:, :live], e.new_full((1, 1, 1, 1), -1.0).expand(b, live, 1, n))
-        gw = _times_x(r.view(b, live * c, n), p.fast).view(b, live, c, d1).transpose(2, 3) / n
+        # float32 even when x has a bfloat16 copy: rounding r would bias the gradient wherever residuals are
+        # alike across samples (early in a fit, or under strong regularisation).
+        gw = (r.view(b, live * c, n) @ p.x).view(b, live, c, d1).transpose(2, 3) / n
         gw = from_data_grad(gw)
         st.sq = st.w[:, :, :-1].pow(2).sum((2, 3))
         gw[:, :, :-1] += st.lam[..., None, None] * st.w[:, :, :-1]
@@ -205,7 +205,7 @@ def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_it
         st.g = st.h * (basis_t @ gw)
 
     def exact(st: _State) -> None:
-        st.z = products(to_data(st.w), p.x)
+        st.z = products(to_data(st.w), p.x.transpose(1, 2))
         gradient(st, *_softmax_ce(st.z, yi[:, : st.w.shape[1]]))
 
     exact(st)
@@ -230,7 +230,7 @@ def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_it
         live = st.w.shape[1]
         direction = _two_loop(st)
         dw = basis @ (st.h * direction)
-        xd = products(to_data(dw), p.fast)
+        xd = products(to_data(dw), p.fast_t)
         slope = _dot(st.g, direction).double()
         wd = (st.w[:, :, :-1] * dw[:, :, :-1]).sum((2, 3)).double()
         dd = dw[:, :, :-1].pow(2).sum((2, 3)).double()
@@ -397,6 +397,7 @@ def prepare(x: torch.Tensor, normalise: bool) -> torch.Tensor:
 
 
 @PROTOCOLS.register("linear")
+@threads_by_size(lambda train, test: train.x.numel())
 def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: float = 0.2, normalise: bool = True,
              max_iter: int = 500, tol: float = 1e-4, device: str | None = None, **_ignored) -> Metrics:
     """``linear``: top-1/top-5 on test of the probe refit on train+val with the regularisation chosen on val."""
@@ -430,3 +431,133 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
         "iterations": int(info["iterations"][0, 0]), "converged": bool(info["converged"][0, 0]),
         "n_train": n_fit, "n_val": x.shape[1] - n_fit, "n_test": len(test), "num_classes": c, "seed": seed,
     }}
+
+
+# --------------------------------------------------------------------------- the papers' SGD probe
+
+
+@dataclass(frozen=True)
+class PaperRecipe:
+    """A published linear-probe recipe: SGD through the frozen backbone, on augmented images."""
+
+    optimizer: str  # sgd | lars
+    lr: float  # base rate for a batch of 256 when ``scale_lr``
+    scale_lr: bool
+    epochs: int
+    batch_size: int
+    schedule: str  # step (x0.1 at 60% and 80% of training) | cosine (after linear warm-up)
+    warmup_epochs: int
+    head_bn: bool  # BatchNorm1d(affine=False, eps=1e-6) before the linear layer
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    init_std: float = 0.01
+
+
+PAPER_RECIPES = {
+    # MoCo v1/v2 main_lincls.py: SGD lr 30, batch 256, 100 epochs, x0.1 at 60 and 80, wd 0, fc ~ N(0, 0.01).
+    "moco": PaperRecipe("sgd", 30.0, False, 100, 256, "step", 0, head_bn=False),
+    # MAE main_linprobe.py: LARS, base lr 0.1 x bs/256, batch 16384, 90 epochs (10 warm-up) cosine, wd 0,
+    # head = BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01).
+    "mae": PaperRecipe("lars", 0.1, True, 90, 16384, "cosine", 10, head_bn=True),
+}
+
+
+def linear_probe_paper(encoder: torch.nn.Module, dataset, *, recipe: str = "mae", epochs: int | None = None,
+                       batch_size: int | None = None, lr: float | None = None, crop_scale=(0.08, 1.0),
+                       device: str | torch.device = "cpu", seed: int = 0) -> Metrics:
+    """``linear_paper``: a linear head trained by SGD on the frozen encoder, with RandomResizedCrop + flip.
+
+    The encoder stays in eval mode (BatchNorm statistics frozen, as MoCo's ``model.eval()``) and is
+    re-run on fresh augmentations every step, as the papers do (no feature cache). Scored once, after
+    the last epoch, on the un-augmented test images (never the best epoch on test, as DINO reports).
+    ``dataset`` is a ``bench.data.Dataset``; ``epochs``, ``batch_size`` and the base ``lr`` override the
+    recipe (small runs: MAE's rate assumes batch 16384 and 90 epochs; an override is recorded as such);
+    ``crop_scale`` is RandomResizedCrop's area range (torchvision's and the papers' (0.08, 1) by default).
+    """
+    from dataclasses import replace
+
+    from protocols.features import extract
+
+    if recipe not in PAPER_RECIPES:
+        raise ValueError(f"unknown paper recipe {recipe!r}; choose one of {', '.join(PAPER_RECIPES)}")
+    rc = PAPER_RECIPES[recipe] if lr is None else replace(PAPER_RECIPES[recipe], lr=lr)
+    dev = torch.device(device)
+    epochs = epochs or rc.epochs
+    bs = min(batch_size or rc.batch_size, len(dataset.train_y))
+    mean, std = dataset.mean_std()
+    was_training = encoder.training
+    grads = [p.requires_grad for p in encoder.parameters()]
+    encoder.eval()
+    encoder.requires_grad_(False)
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)  # kornia draws its crops from the global generator
+            head, lr, steps, loss = _train_head(encoder, dataset, rc, epochs, bs, mean, std, dev, seed, crop_scale)
+        with torch.no_grad():
+            logits = head(extract(encoder, dataset.test_x, mean, std, dev).to(dev)).cpu()
+    finally:
+        encoder.train(was_training)
+        for p, flag in zip(encoder.parameters(), grads, strict=True):
+            p.requires_grad_(flag)
+    c = dataset.num_classes
+    top1, top5 = topk_accuracy(logits, dataset.test_y, c)
+    return {"linear_paper": {
+        "top1": top1, "top5": top5, "recipe": recipe, "optimizer": rc.optimizer, "lr": lr, "base_lr": rc.lr,
+        "lr_overridden": rc.lr != PAPER_RECIPES[recipe].lr,
+        "batch_size": bs, "epochs": epochs, "steps": steps, "schedule": rc.schedule, "warmup_epochs": rc.warmup_epochs,
+        "weight_decay": rc.weight_decay, "head_bn": rc.head_bn,
+        "augment": f"RandomResizedCrop({crop_scale[0]:g}-{crop_scale[1]:g}) + flip",
+        "backbone": "frozen, eval mode", "selection": "last epoch", "final_loss": loss,
+        "n_train": len(dataset.train_y), "n_test": len(dataset.test_y), "num_classes": c, "seed": seed,
+    }}
+
+
+def _train_head(encoder, dataset, rc: PaperRecipe, epochs: int, bs: int, mean, std, dev, seed: int, crop_scale):
+    """The recipe's optimiser and schedule on a fresh head; returns (head in eval mode, lr, steps, last loss)."""
+    from bench.augment import Augmenter, ViewConfig
+    from bench.optim import LARS, lr_factor
+
+    crop = ViewConfig(scale=tuple(crop_scale), jitter_p=0.0, gray_p=0.0, strength=0.0)
+    augment = Augmenter((crop,), dataset.channels, dataset.image_size, mean, std, dev)
+    with torch.no_grad():
+        dim = encoder(augment(dataset.train_x[:2].to(dev))[0]).shape[1]
+    linear = torch.nn.Linear(dim, dataset.num_classes)
+    if rc.head_bn:
+        torch.nn.init.trunc_normal_(linear.weight, std=rc.init_std)
+    else:
+        torch.nn.init.normal_(linear.weight, std=rc.init_std)
+    torch.nn.init.zeros_(linear.bias)
+    head = (torch.nn.Sequential(torch.nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if rc.head_bn
+            else linear).to(dev)
+    lr = rc.lr * bs / 256 if rc.scale_lr else rc.lr
+    groups = [{"params": [linear.weight], "weight_decay": rc.weight_decay},
+              {"params": [linear.bias], "weight_decay": 0.0}]
+    if rc.optimizer == "lars":
+        groups[1]["lars"] = False  # biases take a plain SGD step, as MAE's LARS excludes 1-D parameters
+        opt = LARS(groups, lr=lr, momentum=rc.momentum)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=rc.momentum)
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = len(dataset.train_y) // bs
+    # A shortened run keeps the recipe's shape: warm-up and step milestones scale with the epochs.
+    total, warmup = per_epoch * epochs, round(per_epoch * rc.warmup_epochs * epochs / rc.epochs)
+    step, loss = 0, math.nan
+    head.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(dataset.train_y), generator=g)
+        for i in range(per_epoch):
+            idx = order[i * bs:(i + 1) * bs]
+            if rc.schedule == "step":
+                factor = 0.1 ** sum(epoch >= m * epochs for m in (0.6, 0.8))
+            else:
+                factor = lr_factor(step, total, warmup, "cosine")
+            for grp in opt.param_groups:
+                grp["lr"] = lr * factor
+            with torch.no_grad():
+                feats = encoder(augment(dataset.train_x[idx].to(dev))[0])
+            batch_loss = F.cross_entropy(head(feats), dataset.train_y[idx].to(dev))
+            opt.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            opt.step()
+            step, loss = step + 1, float(batch_loss.detach())
+    return head.eval(), lr, step, loss
