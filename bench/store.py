@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import hashlib
+import io
 import json
 import math
 import os
@@ -20,19 +23,64 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
+    """Write to a temp file in the same directory, fsync, then rename: readers see old or new, never half.
+
+    Each writer has its own temp file (mkstemp), so concurrent writers never interleave; the last rename wins
+    whole. A failure (full disk, read-only or missing folder) removes the temp file and is reported in one line.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as err:
+        hint = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "pass a writable output folder"
+        raise UsageError(f"cannot write {path}: {err.strerror or err}; {hint}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX: a directory entry is persisted by fsyncing the directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the data itself is already on disk
+    finally:
+        os.close(fd)
+
+
+def ensure_writable_dir(out: Path, flag: str = "--out") -> None:
+    """Fail before any work when ``out`` cannot hold results; creates nothing and leaves nothing behind.
+
+    ``os.access`` alone says yes to root everywhere (even /proc), so a temp file is created and removed in the
+    nearest existing ancestor: that is what the later writes will need.
+    """
+    out = Path(out)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot write results under {out} ({probe} is not a writable directory: not a directory); "
+                         f"pass {flag} DIR")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write results under {out} ({probe} is not a writable directory: "
+                         f"{err.strerror or err}); pass {flag} DIR") from None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -58,29 +106,47 @@ def write_json(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8 text
         raise UsageError(f"cannot read {path}: {err}") from None
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    import io
+# A checkpoint is torch.save({"repbench_checkpoint": version, "sha256": digest, "payload": uint8 bytes of the
+# inner torch.save}). torch.load does not verify zip CRCs (a flipped bit loads silently), so the digest is what
+# proves the state is the one written; torch.load(path) still opens the outer layer for inspection.
+CHECKPOINT_FORMAT = 1
 
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    inner = io.BytesIO()
+    torch.save(state, inner)
+    payload = inner.getvalue()
+    outer = io.BytesIO()
+    torch.save({"repbench_checkpoint": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
+    atomic_write_bytes(path, outer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint we wrote; anything unreadable is reported, never silently replaced."""
+    """Load a checkpoint we wrote; anything unreadable or altered is reported, never silently loaded or replaced."""
+    hint = "delete it to start over, or rerun without --resume"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise UsageError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it to start over, "
-            "or rerun without --resume"
-        ) from None
+        raise UsageError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); {hint}") from None
+    if not isinstance(outer, dict) or outer.get("repbench_checkpoint") != CHECKPOINT_FORMAT:
+        raise UsageError(f"checkpoint {path} is not a repbench checkpoint (format {CHECKPOINT_FORMAT}); {hint}")
+    payload = outer.get("payload")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+        raise UsageError(f"checkpoint {path} is corrupt (no payload); {hint}")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+        raise UsageError(f"checkpoint {path} is corrupt (checksum mismatch); {hint}")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise UsageError(f"checkpoint {path} is corrupt ({type(err).__name__}); {hint}") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise UsageError(f"checkpoint {path} is not a repbench checkpoint; delete it or rerun without --resume")
+        raise UsageError(f"checkpoint {path} is not a repbench checkpoint; {hint}")
     return state
 
 

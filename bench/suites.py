@@ -44,3 +44,4 @@ def quick() -> list[RunConfig]:
                       batch_size=256, seed=s, per_class=QUICK_PER_CLASS, suite="quick")
             for m in methods.METHODS.names() for s in QUICK_SEEDS]
 import bench.ablate  # noqa: E402,F401  (registers the quick-ablation suite)
+import bench.check  # noqa: E402,F401  (registers the ci suite)

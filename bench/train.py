@@ -22,6 +22,7 @@ from tqdm import tqdm
 from bench.augment import Augmenter
 from bench.config import RunConfig
 from bench.data import Dataset
+from bench.errors import UsageError
 from bench.optim import build_optimizer, build_scheduler
 from bench.store import load_checkpoint, save_checkpoint
 from methods.base import Batch, Method
@@ -63,8 +64,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    # Set both ways: a run without --deterministic in the same process as one with it must not inherit it.
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    # Filling every new tensor with NaN only exposes ops that read uninitialised memory (none here: the
+    # determinism and resume tests compare bit for bit); it made CPU steps markedly slower.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
 
 
@@ -136,15 +141,19 @@ class Trainer:
             return False
         ckpt = load_checkpoint(path)
         if ckpt.get("config_key") != self.cfg.key():
-            from bench.errors import UsageError
-
             raise UsageError(f"checkpoint {path} belongs to another configuration; delete it or rerun without --resume")
-        self.method.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["status"], ckpt["status_detail"], ckpt["history"])
-        self.meter = Meter(**ckpt["meter"])
-        set_rng_state(ckpt["rng"])
+        try:
+            self.method.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            self.state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["status"], ckpt["status_detail"], ckpt["history"])
+            self.meter = Meter(**ckpt["meter"])
+            set_rng_state(ckpt["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            # Same config, different code (a method gained a buffer, say): the state cannot be put back exactly.
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"checkpoint {path} does not fit this code's model or optimizer ({first}); "
+                             "delete it to start over, or rerun without --resume") from None
         return True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -196,7 +205,7 @@ class Trainer:
             self.meter.images += len(batch.labels)
             if not math.isfinite(loss):
                 self.state.status = "diverged"
-                self.state.status_detail = {"step": self.state.step + 1, "epoch": epoch + 1, "loss": loss}
+                self.state.status_detail = {"step": self.state.step + 1, "epoch": epoch + 1, "loss": str(loss)}  # "nan"/"inf"
                 return
             losses.append(loss)
             if i % 10 == 0:

@@ -1,0 +1,264 @@
+"""The CI regression benchmark: a small fixed-seed, deterministic CPU suite compared with a committed baseline.
+
+``repbench check`` runs the ``ci`` suite and compares every metric of every run with
+``results/baselines/ci.json`` within the tolerance declared for it below; a number that moves beyond its
+tolerance is a regression (exit 1, one line each). ``repbench check --update`` rewrites the baseline on
+purpose, after a change that is meant to move numbers (a method, protocol, the loop or the data).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig
+from bench.errors import UsageError
+from bench.store import REPO_ROOT, _jsonable, provenance, read_json
+from bench.suites import SUITES  # bench/suites.py imports this module only after SUITES exists
+
+DEFAULT_BASELINE = REPO_ROOT / "results" / "baselines" / "ci.json"
+BASELINE_FORMAT = 1
+UPDATE_HINT = "if the change is intended, rewrite the baseline with 'repbench check --update' and commit {path}"
+# Pinned so that a many-core CI runner reduces in the same order as the 2-core machines the baseline came from.
+CHECK_THREADS = 2
+
+# Methods: the two floors (no training: they isolate the protocols and data), the supervised reference, SimCLR
+# (batch negatives), BYOL (EMA teacher, predictor) and MoCo v2 (EMA key encoder, queue): between them they drive
+# every part of the loop that keeps state across steps.
+CI_METHODS = ("raw", "random", "supervised", "simclr", "byol", "moco-v2")
+# 28x28 images too, as the quick suite trains on.
+CI_FMNIST_METHODS = ("raw", "simclr")
+# Sizes: the protocols (the linear probe's and few-shot's regularisation sweeps above all) cost more than the
+# training, and their cost grows with the training set; 60/30 images per class keeps the whole check to minutes.
+CI_PER_CLASS, CI_TEST_PER_CLASS = 60, 30
+
+
+@SUITES.register("ci")
+def ci() -> list[RunConfig]:
+    """The regression suite ``repbench check`` runs: fixed seed, deterministic, CPU, every registered protocol.
+
+    Six methods on digits (600 train / 300 test images, 8x8) and two on Fashion-MNIST (600 / 300, 28x28), each
+    2 epochs of batch 100 with the unified recipe. The numbers are not benchmarks; they only have to stay put.
+    Command: ``repbench check`` (minutes on 2 cores).
+    """
+    return [RunConfig(method=m, dataset=d, epochs=2, batch_size=100, seed=0, suite="ci", per_class=CI_PER_CLASS,
+                      test_per_class=CI_TEST_PER_CLASS, deterministic=True)
+            for d, names in (("digits", CI_METHODS), ("fashion-mnist", CI_FMNIST_METHODS)) for m in names]
+
+
+# --------------------------------------------------------------------------- tolerances
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``now`` passes when |now - baseline| <= abs + rel * |baseline|; ``compare=False`` records without comparing."""
+
+    abs: float = 0.0
+    rel: float = 0.0
+    compare: bool = True
+
+    def allows(self, base: Any, now: Any) -> bool:
+        if not self.compare or base == now:
+            return True
+        if isinstance(base, list) and isinstance(now, list):  # per-draw / per-restart values: element by element
+            return len(base) == len(now) and all(self.allows(b, n) for b, n in zip(base, now, strict=True))
+        if _is_number(base) and _is_number(now):
+            if math.isnan(base) or math.isnan(now):
+                return False
+            return abs(now - base) <= self.abs + self.rel * abs(base)
+        return False
+
+    def describe(self) -> str:
+        if not self.compare:
+            return "not compared"
+        parts = ([f"±{self.abs:g}"] if self.abs else []) + ([f"±{self.rel:.1%} relative"] if self.rel else [])
+        return " + ".join(parts) or "exact"
+
+
+EXACT = Tolerance()
+
+# First matching pattern wins (fnmatch on "<result key>.<field>", e.g. "knn_k200.top1"); anything unmatched
+# (settings such as k, temperature, n_train, grid, solver, status) must be equal. The runs are deterministic, so on
+# one machine every value repeats bit for bit. The tolerances absorb what differs between machines of this kind
+# (x86 CPUs, same wheels): MKL, oneDNN and ATen pick kernels by instruction set, which reorders float sums; two
+# epochs of SGD carry those last-bit differences into the weights, and images near a decision boundary flip.
+# Calibration: the ci suite run on this 2-core AVX-512 machine and again restricted to AVX2
+# (MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), the largest change over all
+# eight runs quoted as "AVX2 moved ..."; each tolerance is about twice that, so a real regression (a broken
+# augmentation, loss, schedule or probe moves several points) still fails. One test image is 1/300 = 0.0033.
+TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = (
+    # Few-shot probes fit 10-100 labelled images and pick their regularisation on a validation draw as small,
+    # so a last-bit change in the features can move the chosen grid point and the accuracy by points.
+    ("fewshot*.top1", Tolerance(abs=0.06), "few-shot accuracy, mean of 3 draws (AVX2 moved BYOL's 10-shot 0.033)"),
+    ("fewshot*.top5", Tolerance(abs=0.06), "as few-shot top-1 (AVX2 moved 0.026)"),
+    ("fewshot*.mean_per_class_recall", Tolerance(abs=0.06), "as few-shot top-1"),
+    ("fewshot*.top1_std", Tolerance(abs=0.04), "spread over 3 draws (AVX2 moved 0.014)"),
+    ("fewshot*.top1_draws", Tolerance(compare=False), "single draws (AVX2 moved 0.08); their mean is compared"),
+    ("fewshot*.val_top1", Tolerance(compare=False), "per-draw validation scores of the regularisation search"),
+    ("*.top1", Tolerance(abs=0.015), "k-NN / linear accuracy (AVX2 moved 0.0067: 2 images)"),
+    ("*.top5", Tolerance(abs=0.015), "as top-1 (AVX2 moved 0.0033)"),
+    ("*.val_top1", Tolerance(abs=0.015), "linear probe's validation accuracy, as top-1"),
+    ("*.mean_per_class_recall", Tolerance(abs=0.015), "as top-1, class-balanced (AVX2 moved 0.0067)"),
+    # A point that changes cluster changes the Hungarian matching and every restart's contingency table.
+    ("kmeans*.acc", Tolerance(abs=0.04), "clustering accuracy (AVX2 moved 0.017)"),
+    ("kmeans*.nmi", Tolerance(abs=0.04), "NMI (AVX2 moved 0.015)"),
+    ("kmeans*.ari", Tolerance(abs=0.04), "ARI (AVX2 moved 0.014)"),
+    ("kmeans*_std", Tolerance(abs=0.05), "spread over K-Means seeds (AVX2 moved 0.026)"),
+    ("*.mse", Tolerance(rel=0.02), "reconstruction error, continuous: 2% relative"),
+    # Outcomes of a search or an iterative solver: another grid point or iteration count with last-bit different
+    # features, for the same accuracy, which is what is compared above.
+    ("*.regularisation", Tolerance(compare=False), "grid point chosen on validation (AVX2 moved it 55x for BYOL)"),
+    ("*.C_sklearn", Tolerance(compare=False), "the same choice in scikit-learn's units"),
+    ("*.fits", Tolerance(compare=False), "number of fits the coarse-to-fine search needed"),
+    ("*.iterations", Tolerance(compare=False), "solver iteration counts (AVX2 moved K-Means' by 10)"),
+    ("*.converged", Tolerance(compare=False), "solver convergence flag"),
+    # Training: the last epoch's mean loss moves with any change to augmentation, loss, optimiser or schedule.
+    ("train.loss", Tolerance(rel=0.005), "last epoch's mean training loss (AVX2 moved 0.02% relative)"),
+    ("train.embed_std_ratio", Tolerance(abs=0.01), "collapse watchdog statistic (AVX2 moved 0.0009)"),
+    ("train.effective_rank", Tolerance(rel=0.01), "collapse watchdog statistic (AVX2 moved 0.05% relative)"),
+)
+
+
+def tolerance_for(metric: str) -> Tolerance:
+    for pattern, tol, _why in TOLERANCES:
+        if fnmatch.fnmatchcase(metric, pattern):
+            return tol
+    return EXACT
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- records -> flat metrics
+
+
+def label(cfg: RunConfig) -> str:
+    """A run's name in the baseline: stable across edits that re-hash configs (run ids carry the hash)."""
+    size = f"-{cfg.per_class}pc" if cfg.per_class else ""
+    return f"{cfg.method}-{cfg.dataset}{size}-s{cfg.seed}"
+
+
+def flat_metrics(record: dict) -> dict[str, Any]:
+    """Every protocol value and setting as ``"<key>.<field>"``, plus the training outcome as ``train.*``."""
+    rec = json.loads(json.dumps(_jsonable(record)))  # exactly what a record.json holds (NaN as null)
+    flat: dict[str, Any] = {"train.status": rec.get("status", "ok")}
+    history = rec.get("training", {}).get("history") or []
+    if history:
+        last = history[-1]
+        flat.update({"train.steps": last.get("step"), "train.loss": last.get("loss"),
+                     "train.embed_std_ratio": last.get("embed_std_ratio"),
+                     "train.effective_rank": last.get("effective_rank")})
+    for key, entry in sorted(rec.get("metrics", {}).items()):
+        if isinstance(entry, dict):
+            for field, value in entry.items():
+                flat[f"{key}.{field}"] = value
+        else:
+            flat[key] = entry
+    return flat
+
+
+@dataclass(frozen=True)
+class Regression:
+    run: str
+    metric: str
+    baseline: Any
+    now: Any
+    tolerance: str
+
+    def line(self) -> str:
+        return (f"REGRESSION {self.run} {self.metric}: baseline {_show(self.baseline)}, now {_show(self.now)}, "
+                f"tolerance {self.tolerance}")
+
+
+def _show(v: Any) -> str:
+    if v is _MISSING:
+        return "(absent)"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return json.dumps(v)
+
+
+_MISSING = object()
+
+
+def compare(baseline: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> tuple[list[Regression], int]:
+    """Regressions of ``now`` against ``baseline`` ({run: {metric: value}}) and the number of metrics compared."""
+    out: list[Regression] = []
+    n = 0
+    for run in sorted(set(baseline) | set(now)):
+        if run not in now:
+            out.append(Regression(run, "(run)", "present", _MISSING, "the suite no longer has this run"))
+            continue
+        if run not in baseline:
+            out.append(Regression(run, "(run)", _MISSING, "present", "a new run needs a baseline"))
+            continue
+        b, c = baseline[run], now[run]
+        for metric in sorted(set(b) | set(c)):
+            n += 1
+            tol = tolerance_for(metric)
+            if metric not in b or metric not in c:
+                if tol.compare:
+                    out.append(Regression(run, metric, b.get(metric, _MISSING), c.get(metric, _MISSING),
+                                          "a metric appeared or vanished"))
+            elif not tol.allows(b[metric], c[metric]):
+                out.append(Regression(run, metric, b[metric], c[metric], tol.describe()))
+    return out, n
+
+
+# --------------------------------------------------------------------------- running
+
+
+def load_baseline(path: Path) -> dict:
+    if not path.exists():
+        raise UsageError(f"no baseline at {path}; create it with 'repbench check --update' (or pass --baseline FILE)")
+    base = read_json(path)
+    if not isinstance(base, dict) or base.get("format") != BASELINE_FORMAT or not isinstance(base.get("runs"), dict):
+        raise UsageError(f"{path} is not a repbench check baseline (format {BASELINE_FORMAT}); "
+                         "rewrite it with 'repbench check --update'")
+    for run, entry in base["runs"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            raise UsageError(f"{path}: run {run!r} has no metrics object; rewrite it with 'repbench check --update'")
+    return base
+
+
+def run_suite(configs: list[RunConfig], out: Path, data_root: str | None = None, log=sys.stderr) -> dict[str, dict]:
+    """Run every config into ``out``; returns {label: {"config_key", "metrics"}}."""
+    import torch
+
+    from bench.data import load_dataset
+    from bench.pipeline import run_one
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CHECK_THREADS)
+    runs: dict[str, dict] = {}
+    cache: dict = {}
+    try:
+        for i, c in enumerate(configs, 1):
+            key = (c.dataset, c.per_class, c.test_per_class)
+            if key not in cache:
+                cache[key] = load_dataset(c.dataset, data_root, c.per_class, c.test_per_class)
+            t = time.perf_counter()
+            rec = run_one(c, out, data_root, progress=False, ds=cache[key])
+            name = label(c)
+            if name in runs:
+                raise ValueError(f"two runs of the suite share the label {name!r}")
+            runs[name] = {"config_key": c.key(), "metrics": flat_metrics(rec)}
+            print(f"[{i}/{len(configs)}] {name} {rec['status']} ({time.perf_counter() - t:.1f} s)", file=log, flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return runs
+
+
+def baseline_document(suite: str, runs: dict[str, dict]) -> dict:
+    prov = provenance(0, "cpu")
+    keep = ("git_sha", "git_dirty", "python", "torch", "torchvision", "device_name", "time", "host")
+    return {"format": BASELINE_FORMAT, "suite": suite, "threads": CHECK_THREADS,
+            "note": "written by 'repbench check --update'; tolerances are declared in bench/check.py (TOLERANCES)",
+            "provenance": {k: prov[k] for k in keep}, "runs": runs}
