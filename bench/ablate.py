@@ -8,13 +8,15 @@
 - ``dino-centering``: DINO with and without centering and sharpening, and without multi-crop;
 - ``augment``: crop only / + colour / + blur / + solarize, for every method exposing those knobs;
 - ``batch``: batch size sweep for SimCLR (negatives from the batch) vs MoCo v2 (negatives from the queue);
+- ``floors``: the methods that do not train (raw pixels, random init), the level every cell is read against;
 - ``smoke``: two SimCLR cells on digits, for the tests;
-- ``quick-ablation``: at the quick scale, 3 seeds: the recipe grid for ``QUICK_METHODS`` (SimCLR, MoCo v1/v2,
-  BYOL, DINO, supervised) and the headline cells of simclr-head (none / linear / MLP), moco-momentum
-  (0 / 0.9 / 0.99 / 0.999) and dino-centering (paper / no centering / no sharpening): 57 runs. Fashion-MNIST,
-  100 train and 100 test images per class, 6 epochs at batch 64 (96 steps), kNN only. Budget: about 25
-  minutes of CPU time with one thread (under 30 minutes on 2 free cores; a loaded machine stretches the wall
-  clock). The same runs are the ``quick-ablation`` suite of ``repbench run``.
+- ``quick-ablation``: at the quick scale, 3 seeds: the floors, the recipe grid for ``QUICK_METHODS``
+  (SimCLR, MoCo v1/v2, BYOL, DINO, supervised) and the headline cells of simclr-head (none / linear / MLP),
+  moco-momentum (0 / 0.9 / 0.99 / 0.999) and dino-centering (paper / no centering / no sharpening):
+  57 training runs and 6 floor runs. Fashion-MNIST, 100 train and 100 test images per class, 6 epochs at
+  batch 64 (96 steps), kNN only. Budget: about 25 minutes of CPU time with one thread, so under 30 minutes
+  on 2 free cores (``--jobs 2`` with OMP_NUM_THREADS=1 halves the wall clock; a loaded machine stretches it).
+  The same runs are the ``quick-ablation`` suite of ``repbench run``.
 
 The three grids that repeat a paper's ablation (simclr-head, moco-momentum, dino-centering) run under
 that paper's recipe, as the paper did; recipe, augment and batch compare methods under the unified one.
@@ -116,6 +118,7 @@ QUICK_METHODS = ("simclr", "moco-v1", "moco-v2", "byol", "dino", "supervised")
 # A composite runs parts of several grids: (grid, methods kept or None, cell labels kept or None).
 COMPOSITES: dict[str, tuple[tuple[str, tuple[str, ...] | None, tuple[str, ...] | None], ...]] = {
     "quick-ablation": (
+        ("floors", None, None),
         ("recipe", QUICK_METHODS, None),
         ("simclr-head", None, ("head=none", "head=linear", "head=mlp")),
         ("moco-momentum", None, ("momentum=0.0", "momentum=0.9", "momentum=0.99", "momentum=0.999")),
@@ -130,6 +133,16 @@ def recipe_grid(scale: Scale) -> Grid:
     for m in trainable_methods():
         g.add(scale, m, "paper", recipe="paper")
         g.add(scale, m, "unified")
+    return g
+
+
+@GRIDS.register("floors")
+def floors(scale: Scale) -> Grid:
+    """What no training gives at this scale (raw pixels, a randomly initialised backbone): read every cell against it."""
+    g = Grid("floors")
+    for m in methods.METHODS.names():
+        if not methods.METHODS.get(m).trainable:
+            g.add(scale, m, "no training")
     return g
 
 
@@ -436,9 +449,10 @@ def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
         text += ["", "### Method vs engineering", "",
                  "Gap = mean(A) - mean(B) in points of test kNN top-1, with a 95% percentile bootstrap interval "
                  "(seeds resampled per method); A is the winner under the paper recipes. Recipe share = "
-                 "(gap paper - gap unified) / gap paper: the part of the published-recipe gap that equal "
-                 "engineering removes. Tuned: each method's best `repbench search` configuration, re-run with fresh "
-                 "seeds" + ("." if tuned else " (not given: pass --tuned RUNS from 'repbench search --methods all')."),
+                 "(gap paper - gap unified) / gap paper: the part of the paper-recipe gap that equal "
+                 "engineering removes; n.s. when the paper-recipe gap's interval contains 0. Tuned: each method's "
+                 "best `repbench search` configuration (same trial budget for every method), re-run with fresh seeds"
+                 + ("." if tuned else " (not given: pass --tuned RUNS from 'repbench search --methods all')."),
                  "", method_vs_engineering_markdown(mve)]
         text += [f"- note: {n}" for n in tuned_notes or []]
     body = "\n".join(text) + "\n"

@@ -118,7 +118,8 @@ def method_vs_engineering(values: Mapping[tuple[str, str], Sequence[float]]) -> 
     Each pair is oriented so that the paper-recipe gap is >= 0 (the first method wins as published).
     ``recipe_share`` = (gap_paper - gap_unified) / gap_paper: the part of the published gap that
     disappears when both methods get the same recipe (1 = all engineering, 0 = all method, < 0 = the
-    unified recipe widens it). It is NaN when the paper gap is 0.
+    unified recipe widens it). It is NaN when the paper gap is 0, and ``paper_gap_resolved`` is False
+    when the paper gap's interval contains 0 (the share is then shown as "n.s.").
     """
     methods = sorted({m for m, _ in values})
     rows = []
@@ -133,6 +134,8 @@ def method_vs_engineering(values: Mapping[tuple[str, str], Sequence[float]]) -> 
             row[f"gap_{regime}"], row[f"gap_{regime}_lo"], row[f"gap_{regime}_hi"] = d, lo, hi
         gp, gu = row["gap_paper"], row["gap_unified"]
         row["recipe_share"] = (gp - gu) / gp if math.isfinite(gp) and math.isfinite(gu) and gp != 0 else math.nan
+        # A share of a gap the seeds cannot tell from 0 is noise divided by noise; flag it.
+        row["paper_gap_resolved"] = bool(row["gap_paper_lo"] > 0 or row["gap_paper_hi"] < 0)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -145,7 +148,8 @@ def method_vs_engineering_markdown(table: pd.DataFrame) -> str:
         shown[f"gap {regime} (pp)"] = [
             "-" if not math.isfinite(d) else f"{100 * d:+.1f} {interval(lo, hi)}"
             for d, lo, hi in zip(table[f"gap_{regime}"], table[f"gap_{regime}_lo"], table[f"gap_{regime}_hi"], strict=True)]
-    shown["recipe share"] = ["-" if not math.isfinite(s) else f"{100 * s:.0f}%" for s in table["recipe_share"]]
+    shown["recipe share"] = ["-" if not math.isfinite(s) else f"{100 * s:.0f}%" if ok else "n.s."
+                             for s, ok in zip(table["recipe_share"], table["paper_gap_resolved"], strict=True)]
     return shown.to_markdown(index=False) + "\n"
 
 
@@ -189,6 +193,7 @@ def plot_budget_curves(curves: Mapping[str, pd.DataFrame], path, title: str = ""
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, c in curves.items():
@@ -197,6 +202,7 @@ def plot_budget_curves(curves: Mapping[str, pd.DataFrame], path, title: str = ""
         y, s = 100 * c["expected_max"], 100 * c["std"]
         ax.plot(c["trials"], y, marker="o", ms=3, label=name)
         ax.fill_between(c["trials"], y - s, y + s, alpha=0.15)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("hyperparameter trials")
     ax.set_ylabel("expected best validation kNN top-1 (%)")
     ax.set_title(title or "Expected validation performance vs tuning budget")

@@ -68,8 +68,12 @@ def test_method_vs_engineering_orients_and_explains():
     assert row["gap_tuned"] == pytest.approx(-0.01)
     assert row["recipe_share"] == pytest.approx(0.6)
     assert row["gap_paper_lo"] <= row["gap_paper"] <= row["gap_paper_hi"]
+    assert row["paper_gap_resolved"]
     md = stats.method_vs_engineering_markdown(t)
     assert "+10.0" in md and "60%" in md
+    noisy = stats.method_vs_engineering({("a", "paper"): [0.60, 0.70, 0.65], ("b", "paper"): [0.66, 0.62, 0.70],
+                                         ("a", "unified"): [0.6] * 3, ("b", "unified"): [0.7] * 3})
+    assert not noisy.iloc[0]["paper_gap_resolved"] and "n.s." in stats.method_vs_engineering_markdown(noisy)
 
 
 def test_cell_table_counts_seeds_and_flags():
