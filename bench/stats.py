@@ -212,7 +212,7 @@ def plot_budget_curves(curves: Mapping[str, pd.DataFrame], path, title: str = ""
 
 
 def plot_cells(table: pd.DataFrame, label: str, path, title: str = "") -> None:
-    """Horizontal bars of each cell's mean with its bootstrap interval."""
+    """Each cell's mean (dot) with its bootstrap interval, on an axis zoomed to the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,8 +223,9 @@ def plot_cells(table: pd.DataFrame, label: str, path, title: str = "") -> None:
     mean = 100 * table["mean"].to_numpy(float)
     lo = np.nan_to_num(mean - 100 * table["ci_lo"].to_numpy(float))
     hi = np.nan_to_num(100 * table["ci_hi"].to_numpy(float) - mean)
-    ax.barh(y, mean, xerr=[lo, hi], color="tab:blue", alpha=0.6, capsize=3)
+    ax.errorbar(mean, y, xerr=[lo, hi], fmt="o", color="tab:blue", capsize=3)
     ax.set_yticks(y, table[label].tolist(), fontsize=7)
+    ax.set_ylim(-0.6, len(table) - 0.4)
     ax.set_xlabel("test kNN top-1 (%), mean and 95% bootstrap CI over seeds")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
