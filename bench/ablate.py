@@ -100,7 +100,8 @@ class Grid:
 
 def base_config(scale: Scale, method: str, recipe: str = "unified", method_args: dict | None = None) -> RunConfig:
     cls = methods.METHODS.get(method)
-    return RunConfig(method=method, dataset=scale.dataset, backbone=scale.backbone, epochs=scale.epochs,
+    backbone = getattr(cls, "required_backbone", scale.backbone)  # e.g. MAE exists only on a ViT
+    return RunConfig(method=method, dataset=scale.dataset, backbone=backbone, epochs=scale.epochs,
                      batch_size=scale.batch_size, seed=0, recipe=cls.paper_recipe if recipe == "paper" else UNIFIED_RECIPE,
                      recipe_name=recipe, method_args=dict(method_args or {}), per_class=scale.per_class,
                      test_per_class=scale.test_per_class, protocols=(METRIC,), suite=f"ablate-{scale.name}")

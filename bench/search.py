@@ -64,7 +64,8 @@ class SearchSuite:
         """The method's paper recipe at this scale: the space is centred on it."""
         cls = methods.METHODS.get(method)
         s = self.scale
-        return RunConfig(method=method, dataset=s.dataset, backbone=s.backbone, epochs=s.epochs, batch_size=s.batch_size,
+        backbone = getattr(cls, "required_backbone", s.backbone)  # e.g. MAE exists only on a ViT
+        return RunConfig(method=method, dataset=s.dataset, backbone=backbone, epochs=s.epochs, batch_size=s.batch_size,
                          seed=self.seed, device=device, recipe=cls.paper_recipe, recipe_name="paper",
                          per_class=s.per_class, test_per_class=s.test_per_class, protocols=(METRIC,),
                          suite=f"search-{self.name}")
