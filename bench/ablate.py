@@ -400,8 +400,9 @@ def tuned_values(tuned_runs: Path, scale: Scale) -> tuple[dict[str, list[float]]
         c = r["config"]
         if c.get("recipe_name") != "tuned":
             continue
+        backbone = getattr(methods.METHODS.get(c["method"]), "required_backbone", scale.backbone)
         same = (c["dataset"], c["per_class"], c["test_per_class"], c["epochs"], c["backbone"]) == (
-            scale.dataset, scale.per_class, scale.test_per_class, scale.epochs, scale.backbone)
+            scale.dataset, scale.per_class, scale.test_per_class, scale.epochs, backbone)
         if not same:
             skipped += 1
             continue
