@@ -26,9 +26,12 @@ def load_records(runs: Path) -> list[dict]:
     records = []
     for path in sorted(runs.rglob("record.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
+            rec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UsageError(f"cannot read {path}: {err}; delete or rerun that run") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or "metrics" not in rec:
+            raise UsageError(f"{path} is not a repbench record (no config/metrics); delete it or move it out of --runs")
+        records.append(rec)
     if not records:
         raise UsageError(f"no record.json under {runs}; run 'repbench run ...' first or pass --runs DIR")
     return records

@@ -100,4 +100,21 @@ def make_config(cls: type[Method], overrides: dict[str, Any]):
         raise UsageError(
             f"method option(s) {', '.join(unknown)} not understood; valid options: {', '.join(sorted(valid)) or 'none'}"
         )
-    return replace(cfg, **overrides)
+    for key, value in overrides.items():
+        default = getattr(cfg, key)
+        if not _same_kind(default, value):
+            raise UsageError(f"method option {key}={value!r} should be a {type(default).__name__} like its default {default!r}")
+    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """JSON-parsed overrides against the dataclass default's type (ints pass for floats, lists for tuples)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))

@@ -76,13 +76,10 @@ simple("run-unknown-device", ["run", "--method", "raw", "--dataset", "digits", "
 simple("run-batch-larger-than-subset", ["run", "--method", "simclr", "--dataset", "digits", "--per-class", "5",
                                         "--batch-size", "64"], "larger than the 50 training images")
 simple("run-method-arg-wrong-type", ["run", "--method", "simclr", "--dataset", "digits", "--method-arg",
-                                     "temperature=hot"], "temperature",
-       xfail="methods/base.py make_config does not check override types: 'hot' reaches the loss (TypeError)")
+                                     "temperature=hot"], "temperature")
 
 
-@case("run-out-in-proc", "run", "not a writable directory",
-      xfail="bench/commands/run.py check_out_dir trusts os.access, which says yes to root even in /proc; "
-            "it should call bench.store.ensure_writable_dir")
+@case("run-out-in-proc", "run", "not a writable directory")
 def _(d, ctx):
     return RAW + ["--out", "/proc/repbench-results"]
 
@@ -207,9 +204,9 @@ made("table-empty-runs-folder", "table", "no record.json under", lambda d, ctx: 
 made("table-truncated-record", "table", "cannot read",
      lambda d, ctx: ["table", "--runs", _records(d, '{"config": {"suite"')])
 CASES.append(Bad("table-binary-record", "table", lambda d, ctx: ["table", "--runs", _records(d, b"\xff\xfe\x00garbage")],
-                 "cannot read", xfail="bench/report.py load_records catches JSONDecodeError, not UnicodeDecodeError"))
+                 "cannot read"))
 CASES.append(Bad("table-json-but-not-a-record", "table", lambda d, ctx: ["table", "--runs", _records(d, '{"hello": 1}')],
-                 "record", xfail="bench/report.py flatten reads r['config'] unchecked (KeyError)"))
+                 "record"))
 simple("table-metric-without-field", ["table", "--runs", "/nonexistent", "--metrics", "knn"], "not KEY.FIELD")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -13,6 +12,7 @@ from pathlib import Path
 from bench.args import float_range, int_range
 from bench.config import UNIFIED_RECIPE, RunConfig
 from bench.errors import UsageError
+from bench.store import ensure_writable_dir
 
 NAME = "run"
 HELP = "train and evaluate one method, or every config of a suite (--suite)"
@@ -86,15 +86,6 @@ def suite_configs(a: argparse.Namespace) -> list[RunConfig]:
     return [replace(c, device=a.device, deterministic=a.deterministic or c.deterministic) for c in SUITES.get(a.suite)()]
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail before any work when the results directory cannot be written."""
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write results under {out} ({probe} is not a writable directory); pass --out DIR")
-
-
 def run(a: argparse.Namespace) -> int:
     from bench.pipeline import validate
 
@@ -104,7 +95,7 @@ def run(a: argparse.Namespace) -> int:
     for c in configs:
         validate(c)
     out = Path(a.out)
-    check_out_dir(out)
+    ensure_writable_dir(out)
     return execute(configs, out, a)
 
 
