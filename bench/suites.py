@@ -22,8 +22,13 @@ def smoke() -> list[RunConfig]:
     Command: ``repbench run --suite smoke``. Target: under 60 s on 2 cores. Numbers are meaningless
     beyond "finite, recorded, every protocol present".
     """
-    return [RunConfig(method=m, dataset="digits", backbone="convnet", epochs=1, batch_size=128,
+    return [RunConfig(method=m, dataset="digits", backbone=backbone_for(m), epochs=1, batch_size=128,
                       seed=0, suite="smoke") for m in methods.METHODS.names()]
+
+
+def backbone_for(method: str, default: str = "convnet") -> str:
+    """The suite's backbone, unless the method only exists on one (MAE needs a ViT's patch tokens)."""
+    return getattr(methods.METHODS.get(method), "required_backbone", default)
 
 
 QUICK_PER_CLASS = 500
@@ -33,14 +38,14 @@ QUICK_SEEDS = (0, 1, 2)
 
 @SUITES.register("quick")
 def quick() -> list[RunConfig]:
-    """Every registered method on Fashion-MNIST, convnet, seeds 0/1/2: the main job.
+    """Every registered method on Fashion-MNIST, convnet (MAE: its ViT), seeds 0/1/2: the main job.
 
     Budget: 500 training images per class (5,000, one fixed seeded subset), 2 epochs, batch 256, the
     unified recipe (SGD momentum 0.9, lr 0.06 x bs/256, wd 5e-4, cosine); protocols on the 5,000
     training features and the full 10,000-image test split. Command: ``repbench run --suite quick``
     (about 20 minutes on 2 cores). Measured numbers: README.md.
     """
-    return [RunConfig(method=m, dataset="fashion-mnist", backbone="convnet", epochs=QUICK_EPOCHS,
+    return [RunConfig(method=m, dataset="fashion-mnist", backbone=backbone_for(m), epochs=QUICK_EPOCHS,
                       batch_size=256, seed=s, per_class=QUICK_PER_CLASS, suite="quick")
             for m in methods.METHODS.names() for s in QUICK_SEEDS]
 import bench.ablate  # noqa: E402,F401  (registers the quick-ablation suite)
