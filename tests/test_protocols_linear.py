@@ -100,6 +100,8 @@ def test_sweep_follows_clip_benchmark(monkeypatch, shape):
     }[shape]
     # A fake solver whose "weights" make the validation accuracy a known function of the grid index.
     monkeypatch.setattr(lin, "fit", lambda p, lam, w0=None, **kw: (lam[..., None, None].expand(*lam.shape, 2, 2), {}))
+    monkeypatch.setattr(lin, "curvature", lambda p, w: None)
+    monkeypatch.setattr(lin, "precondition", lambda gram, lam: None)
     monkeypatch.setattr(lin, "predict_logits", lambda w, x: w[..., :1, :1].expand(*w.shape[:-2], x.shape[-2], 2))
     index = {float(torch.tensor(v, dtype=torch.float32)): i for i, v in enumerate(lin.GRID)}
 
