@@ -119,7 +119,7 @@ TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = (
     ("*.iterations", Tolerance(compare=False), "solver iteration counts (AVX2 moved K-Means' by 10)"),
     ("*.converged", Tolerance(compare=False), "solver convergence flag"),
     # Training: the last epoch's mean loss moves with any change to augmentation, loss, optimiser or schedule.
-    ("train.loss", Tolerance(rel=0.005), "last epoch's mean training loss (AVX2 moved 0.02% relative)"),
+    ("train.loss", Tolerance(rel=0.002), "last epoch's mean training loss (AVX2 moved 0.021% relative)"),
     ("train.embed_std_ratio", Tolerance(abs=0.01), "collapse watchdog statistic (AVX2 moved 0.0009)"),
     ("train.effective_rank", Tolerance(rel=0.01), "collapse watchdog statistic (AVX2 moved 0.05% relative)"),
 )

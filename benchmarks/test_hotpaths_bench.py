@@ -10,6 +10,7 @@ not the data. Two threads, as on the 2-core machines the suites are sized for.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 
@@ -34,6 +35,16 @@ def threads():
     torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def load_average(request):
+    """Record the machine's 1-minute load beside each result: on a shared machine it explains most of the spread."""
+    yield
+    bench = request.node.funcargs.get("benchmark")
+    if bench is not None:
+        bench.extra_info["loadavg_1min"] = round(os.getloadavg()[0], 2)
+        bench.extra_info["threads"] = torch.get_num_threads()
 
 
 def _z(*shape: int, grad: bool = True) -> torch.Tensor:
