@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from bench.ablate import MIN_SEEDS, run_ablation
-    from bench.commands.run import check_out_dir
     from bench.errors import UsageError
+    from bench.store import ensure_writable_dir as check_out_dir
 
     if a.seeds < MIN_SEEDS:
         raise UsageError(f"--seeds {a.seeds}: every cell needs at least {MIN_SEEDS} seeds for an interval")

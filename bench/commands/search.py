@@ -58,8 +58,8 @@ def method_list(a: argparse.Namespace) -> list[str]:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.commands.run import check_out_dir
     from bench.search import SEARCH_SUITES, parse_storage, run_search
+    from bench.store import ensure_writable_dir as check_out_dir
 
     if a.seeds in (1, 2):
         raise UsageError(f"--seeds {a.seeds}: a confidence interval needs at least 3 seeds; use 0 to skip the re-runs")
