@@ -252,7 +252,7 @@ def _(d, ctx):
     return ["check", "--update", "--baseline", d / "file" / "ci.json"]
 
 
-@case("check-out-in-proc", "check", "not writable")
+@case("check-out-in-proc", "check", "not a writable directory")
 def _(d, ctx):
     return ["check", "--update", "--baseline", d / "ci.json", "--out", "/proc/repbench-check"]
 
