@@ -137,6 +137,9 @@ class Trainer:
 
     def restore(self) -> bool:
         path = self.run_dir / CHECKPOINT
+        # Temp files of saves that a kill interrupted (atomic_write_bytes never renamed them): never read, only space.
+        for stale in self.run_dir.glob(f".{CHECKPOINT}.*.tmp"):
+            stale.unlink(missing_ok=True)
         if not path.exists():
             return False
         ckpt = load_checkpoint(path)
