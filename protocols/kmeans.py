@@ -81,41 +81,94 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: floa
     """Lloyd iterations for R restarts at once; each stops on its own (scikit-learn's rule: assignments
     unchanged, or centre shift <= tol x mean feature variance) and leaves the batch.
 
+    Exact Lloyd, accelerated as Hamerly (2010): each point keeps an upper bound on the distance to its
+    centre and a lower bound on the distance to any other; after the centres move by ``drift`` the bounds
+    move by at most that, and only points whose bounds cross are re-assigned. Cluster sums are updated
+    by the points that changed cluster.
     Shape: x (N, D), centers (R, K, D) -> (centers (R, K, D), labels (N, R), inertia (R,), iterations (R,)).
     """
     n, d = x.shape
     r, k, _ = centers.shape
     x_sq = x.pow(2).sum(1)
-    shift_tol = tol * x.var(0).mean() if n > 1 else torch.zeros((), device=x.device)
+    # scikit-learn's tolerance: tol x the mean over features of np.var (population variance).
+    shift_tol = tol * (x_sq.mean() - x.mean(0).pow(2).sum()).clamp_min(0) / d
     out_centers, out_labels = centers.clone(), torch.empty(n, r, dtype=torch.long, device=x.device)
     iterations = torch.zeros(r, dtype=torch.long)
     alive = torch.arange(r, device=x.device)
-    score, labels = _scores(x, centers).min(-1)
+    labels, upper, lower = _nearest_two(x, x_sq, centers)
+    sums, counts = _cluster_sums(x, labels, k)
     it = 0
     while len(alive):
         it += 1
-        live = len(alive)
-        # Sums per (restart, cluster) as one product with the one-hot assignment (N, R*K).
-        flat = labels + (torch.arange(live, device=x.device) * k)[None, :]
-        onehot = torch.zeros(n, live * k, dtype=x.dtype, device=x.device).scatter_(1, flat, 1.0)
-        counts = onehot.sum(0).view(live, k)
-        new = (onehot.T @ x).view(live, k, d) / counts.clamp_min(1)[..., None]
+        new = (sums / counts.clamp_min(1)[..., None]).to(x.dtype)
         new = torch.where((counts > 0)[..., None], new, centers)
         if (counts == 0).any():
-            _relocate_empty(x, new, counts, x_sq[:, None] + score)
-        shift = (new - centers).pow(2).sum((1, 2))
+            own = _sq_dist(x, x_sq, centers).gather(2, labels[..., None])[..., 0]
+            _relocate_empty(x, new, counts, own)
+            upper[:, (counts == 0).any(1)] = math.inf  # bounds say nothing about a relocated centre
+        drift = (new - centers).norm(dim=2)  # (R, K)
+        shift = drift.pow(2).sum(1)
         centers = new
-        score, new_labels = _scores(x, centers).min(-1)
-        done = (new_labels == labels).all(0) | (shift <= shift_tol)
-        labels = new_labels
+        upper += drift.gather(1, labels.T).T
+        lower -= drift.amax(1)[None, :]
+        rows = (upper >= lower * (1 - 1e-5) - 1e-6).any(1).nonzero()[:, 0]  # slack for float32 round-off
+        previous = labels
+        if len(rows):
+            labels = labels.clone()
+            labels[rows], upper[rows], lower[rows] = _nearest_two(x[rows], x_sq[rows], centers)
+        moved = labels != previous
+        if moved.any():
+            _move_points(x, previous, labels, moved, sums, counts)
+        done = ~moved.any(0) | (shift <= shift_tol)
         if it >= max_iter:
             done[:] = True
         if done.any():
             idx = alive[done]
             out_centers[idx], out_labels[:, idx], iterations[idx.cpu()] = centers[done], labels[:, done], it
-            alive, centers, labels, score = alive[~done], centers[~done], labels[:, ~done], score[:, ~done]
+            keep = ~done
+            alive, centers, sums, counts = alive[keep], centers[keep], sums[keep], counts[keep]
+            labels, upper, lower = labels[:, keep], upper[:, keep], lower[:, keep]
     inertia = _sq_dist(x, x_sq, out_centers).gather(2, out_labels[..., None])[..., 0].sum(0)
     return out_centers, out_labels, inertia, iterations
+
+
+def _nearest_two(x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest centre (first index on ties), its distance and the second-nearest distance.
+
+    Shape: x (M, D), centers (R, K, D) -> labels (M, R), upper (M, R), lower (M, R).
+    """
+    score = _scores(x, centers)
+    best, labels = score.min(-1)
+    second = score.scatter(-1, labels[..., None], math.inf).amin(-1) if score.shape[-1] > 1 else torch.full_like(
+        best, math.inf)
+    dist = lambda s: (x_sq[:, None] + s).clamp_min_(0).sqrt_()
+    return labels, dist(best), dist(second)
+
+
+def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (restart, cluster) sums of the points, float64, as one product with the one-hot assignment.
+
+    Shape: labels (N, R) -> sums (R, K, D), counts (R, K).
+    """
+    n, r = labels.shape
+    flat = labels + (torch.arange(r, device=x.device) * k)[None, :]
+    onehot = torch.zeros(n, r * k, dtype=x.dtype, device=x.device).scatter_(1, flat, 1.0)
+    return (onehot.T @ x).double().view(r, k, -1), onehot.sum(0).double().view(r, k)
+
+
+def _move_points(x, previous, labels, moved, sums, counts, max_rows: int = 1 << 16) -> None:
+    """Update cluster sums in place for the points that changed cluster (all of them anew when many did)."""
+    who, rr = moved.nonzero(as_tuple=True)
+    k = sums.shape[1]
+    if len(who) > max_rows:
+        sums[:], counts[:] = _cluster_sums(x, labels, k)
+        return
+    flat_sums, flat_counts = sums.view(-1, sums.shape[-1]), counts.view(-1)
+    vals = x[who].double()
+    ones = torch.ones(len(who), dtype=torch.float64, device=x.device)
+    flat_sums.index_add_(0, rr * k + labels[who, rr], vals).index_add_(0, rr * k + previous[who, rr], -vals)
+    flat_counts.index_add_(0, rr * k + labels[who, rr], ones).index_add_(0, rr * k + previous[who, rr], -ones)
 
 
 def _relocate_empty(x, centers, counts, dist_to_own) -> None:

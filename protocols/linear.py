@@ -33,6 +33,7 @@ GRID = np.logspace(-6, 2, 97)
 COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) inside the 97-point grid
 SPANS = (8, 4, 2, 1)
 BF16_MIN_ROWS = 16384
+PRECOND_ROWS = 16384  # rows that estimate the preconditioner's matrices (the objective always uses all)
 
 
 # --------------------------------------------------------------------------- the batched solver
@@ -80,17 +81,15 @@ def with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.float(), x.new_ones(*x.shape[:-1], 1, dtype=torch.float32)], -1)
 
 
-def centred_moments(x: torch.Tensor, dtype: torch.dtype = torch.float32, chunk: int = 8192
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and scatter sum (x - mean)'(x - mean), in float64; the product may run in bfloat16 (it only
-    shapes the preconditioner). Shape: x (B, N, D) -> (B, D), (B, D, D).
+def centred_moments(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (float64, exact: the weights are centred on it) and scatter sum (x - mean)'(x - mean),
+    estimated from at most PRECOND_ROWS evenly spaced rows in ``dtype`` (it only shapes the preconditioner).
+    Shape: x (B, N, D) -> (B, D), (B, D, D).
     """
+    n = x.shape[1]
     mean = x.mean(1, dtype=torch.float64)
-    scatter = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32, device=x.device)
-    for i in range(0, x.shape[1], chunk):
-        xc = (x[:, i:i + chunk].double() - mean[:, None]).to(dtype)
-        scatter += (xc.transpose(1, 2) @ xc).float()
-    return mean, scatter.double()
+    xc = (x[:, ::max(1, n // PRECOND_ROWS)] - mean[:, None].float()).to(dtype)
+    return mean, (xc.transpose(1, 2) @ xc).double() * (n / max(1, xc.shape[1]))
 
 
 def pool_moments(parts: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +113,19 @@ def _softmax_ce(z: torch.Tensor, yi: torch.Tensor) -> tuple[torch.Tensor, torch.
     return ce, e, s
 
 
+def _residual_times_x(r: torch.Tensor, p: Problem) -> torch.Tensor:
+    """r @ x in float32. With a bfloat16 copy of x (only for N >= BF16_MIN_ROWS), r goes in as two
+    bfloat16 parts (hi + lo): rounding r once would bias the gradient wherever residuals are alike across
+    samples (early in a fit, under strong regularisation); x's own rounding averages out over N rows.
+    Shape: r (B, K, N) -> (B, K, D+1).
+    """
+    if p.fast.dtype == torch.float32:
+        return r @ p.x
+    hi = r.to(p.fast.dtype)
+    both = (torch.cat([hi, (r - hi.float()).to(p.fast.dtype)], 1) @ p.fast).float()
+    return both[:, : r.shape[1]] + both[:, r.shape[1]:]
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((2, 3))
 
@@ -134,30 +146,27 @@ class _State:
 
 
 def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_iter: int = 500,
-        tol: float | torch.Tensor = 1e-4, memory: int = 10, precond: tuple[torch.Tensor, torch.Tensor] | None = None,
-        refresh_every: int = 10) -> tuple[torch.Tensor, dict]:
+        tol: float | torch.Tensor = 1e-4, memory: int = 10, precond: torch.Tensor | None = None,
+        lam0: torch.Tensor | None = None, refresh_every: int = 10) -> tuple[torch.Tensor, dict]:
     b, n, d1 = p.x.shape
     with threads_for(b * n * max(d1, lam.shape[1] * p.num_classes), p.x.device):
-        return _fit(p, lam, w0, max_iter=max_iter, tol=tol, memory=memory, precond=precond,
+        return _fit(p, lam, w0, max_iter=max_iter, tol=tol, memory=memory, precond=precond, lam0=lam0,
                     refresh_every=refresh_every)
 
 
-def curvature(p: Problem, w: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def curvature(p: Problem, w: torch.Tensor) -> torch.Tensor:
     """The Gauss-Newton curvature of the cross-entropy at data-space weights w, Kronecker-factored as
     I_C x G with G = sum_n a_n x~_n x~_n' / N: x~ = [x - mean, 1] the centred coordinates and a_n =
     (1 - ||p_n||^2) / (C - 1) the mean eigenvalue of diag(p_n) - p_n p_n' (confident samples weigh ~0).
-    Shape: w (B, D+1, C) -> (B, D+1, D+1) float64.
+    Estimated from at most PRECOND_ROWS evenly spaced rows. Shape: w (B, D+1, C) -> (B, D+1, D+1) float64.
     """
     b, n, d1 = p.x.shape
     shift = torch.cat([p.mean, p.mean.new_zeros(b, 1)], 1)[:, None]  # the ones column stays 1
-    gram = torch.zeros(b, d1, d1, device=p.x.device)
-    for i in range(0, n, chunk):
-        xs = p.x[:, i:i + chunk]
-        prob = (xs @ w).softmax(-1)
-        a = ((1 - prob.pow(2).sum(-1)) / (p.num_classes - 1)).sqrt_()[..., None]
-        xc = ((xs - shift) * a).to(p.fast.dtype)
-        gram += (xc.transpose(1, 2) @ xc).float()
-    return gram.double() / n
+    xs = p.x[:, ::max(1, n // PRECOND_ROWS)]
+    prob = (xs @ w).softmax(-1)
+    a = ((1 - prob.pow(2).sum(-1)) / (p.num_classes - 1)).sqrt_()[..., None]
+    xc = ((xs - shift) * a).to(p.fast.dtype)
+    return (xc.transpose(1, 2) @ xc).double() / xs.shape[1]
 
 
 def precondition(gram: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -179,7 +188,7 @@ def precondition(gram: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 
 def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: int, tol, memory: int,
-         precond, refresh_every: int) -> tuple[torch.Tensor, dict]:
+         precond, lam0, refresh_every: int) -> tuple[torch.Tensor, dict]:
     """Minimise mean CE + lam/2 ||W||^2 for every (problem, lambda) with L-BFGS, each model stopping on its own.
 
     The weights are parametrised around the feature mean (logits (x - mean) W + b', the same model with
@@ -190,6 +199,9 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
     Logits move along the search line as z + t * (x d), so a trial step costs no product with x; they are
     recomputed exactly in float32 every ``refresh_every`` steps and before a model is declared converged
     (max |dF/dW| <= tol on W and bias; ``tol`` a number or one per model (B, L)).
+    ``w0`` solved for ``lam0`` is first moved along the solution path, W - (lam - lam0) H^-1 [W; 0] with
+    H^-1 ~ F F' (a Newton predictor): the start then differs from the neighbour's solution by what the
+    change of lambda asks, even where the neighbour already meets the tolerance.
     Shape: lam (B, L), w0 (B, L, D+1, C) or None (data-space weights, last row the bias) -> same.
     """
     b, n, d1 = p.x.shape
@@ -215,6 +227,10 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
         w = torch.cat([w0[:, :, :-1], w0[:, :, -1:] + mean @ w0[:, :, :-1]], 2)
     tol = torch.as_tensor(tol, dtype=torch.float32, device=dev).expand(b, n_models).clone()
     u = torch.linalg.solve_triangular(basis, w, upper=True)  # F is upper triangular
+    if w0 is not None and lam0 is not None:
+        penalty_grad = torch.cat([w[:, :, :-1], torch.zeros_like(w[:, :, -1:])], 2)
+        u = u - (lam - lam0.to(dev))[..., None, None] * (basis_t @ penalty_grad)
+        w = basis @ u
     st = _State(lam=lam, tol=tol, basis=basis, basis_t=basis_t, u=u, w=w, z=None, g=None, gw=None, f=None, sq=None,
                 stalled=torch.zeros(b, n_models, dtype=torch.bool, device=dev))
     out_w = w.clone()
@@ -230,9 +246,7 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
     def gradient(st: _State, ce, e, s) -> None:
         live = st.w.shape[1]
         r = e.div_(s).scatter_add_(2, yi[:, :live], e.new_full((1, 1, 1, 1), -1.0).expand(b, live, 1, n))
-        # float32 even when x has a bfloat16 copy: rounding r would bias the gradient wherever residuals are
-        # alike across samples (early in a fit, or under strong regularisation).
-        gw = (r.view(b, live * c, n) @ p.x).view(b, live, c, d1).transpose(2, 3) / n
+        gw = _residual_times_x(r.view(b, live * c, n), p).view(b, live, c, d1).transpose(2, 3) / n
         gw = from_data_grad(gw)
         st.sq = st.w[:, :, :-1].pow(2).sum((2, 3))
         gw[:, :, :-1] += st.lam[..., None, None] * st.w[:, :, :-1]
@@ -356,19 +370,20 @@ def sweep(p: Problem, val_x: torch.Tensor, val_y: torch.Tensor, *, max_iter: int
     """CLIP_benchmark's coarse-to-fine search of GRID, for B problems at once, by top-1 on their validation sets.
 
     Shape: val_x (B, M, D) (no bias column), val_y (B, M) -> (best grid index per problem (B,), its W (B, D+1, C), log).
-    A value already fitted is not refitted. Every fit starts from zero, as CLIP_benchmark trains each value
-    from scratch (a warm start from a neighbour already meets the tolerance when lambdas differ by 20%, and
-    neighbours would share one solution). Ties keep the first value in the order tried, as find_peak.
+    A value already fitted is not refitted. The coarse values start from zero; each later one from the
+    peak's solution moved by the Newton predictor (see ``fit``; a plain warm start from a neighbour 20%
+    away already meets the tolerance, and the two would share one solution). Ties keep the first value in
+    the order tried, as CLIP_benchmark's find_peak.
     """
     b = val_x.shape[0]
     fitted: list[dict[int, tuple[float, torch.Tensor]]] = [{} for _ in range(b)]
 
     curv: list[torch.Tensor | None] = [None]
 
-    def run(cands: list[list[int]]) -> None:
+    def run(cands: list[list[int]], starts: torch.Tensor | None = None, lam0: torch.Tensor | None = None) -> None:
         lam = torch.tensor([[GRID[i] for i in row] for row in cands], dtype=torch.float32)
         precond = None if curv[0] is None else precondition(curv[0], lam)
-        w, _ = fit(p, lam, max_iter=max_iter, tol=tol, precond=precond)
+        w, _ = fit(p, lam, starts, max_iter=max_iter, tol=tol, precond=precond, lam0=lam0)
         acc = _val_top1(predict_logits(w, val_x[:, None]), val_y).cpu()  # (B, L)
         for i, row in enumerate(cands):
             for j, idx in enumerate(row):
@@ -390,7 +405,9 @@ def sweep(p: Problem, val_x: torch.Tensor, val_y: torch.Tensor, *, max_iter: int
         new = [[idx for idx in order if idx not in fitted[i]] for i, order in enumerate(orders)]
         width = max(len(row) for row in new)
         if width:
-            run([(row + [peak[i]] * width)[:width] if row else [peak[i]] * width for i, row in enumerate(new)])
+            cands = [(row + [peak[i]] * width)[:width] if row else [peak[i]] * width for i, row in enumerate(new)]
+            starts = torch.stack([torch.stack([fitted[i][peak[i]][1]] * width) for i in range(b)])
+            run(cands, starts, torch.tensor([[GRID[peak[i]]] for i in range(b)], dtype=torch.float32))
         peak = [first_best(i, order) for i, order in enumerate(orders)]
     best_w = torch.stack([fitted[i][peak[i]][1] for i in range(b)])
     log = {"fits": [len(f) for f in fitted], "val_top1": [fitted[i][peak[i]][0] for i in range(b)],
