@@ -89,9 +89,10 @@ EXACT = Tolerance()
 # (x86 CPUs, same wheels): MKL, oneDNN and ATen pick kernels by instruction set, which reorders float sums; two
 # epochs of SGD carry those last-bit differences into the weights, and images near a decision boundary flip.
 # Calibration: the ci suite run on this 2-core AVX-512 machine and again restricted to AVX2
-# (MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), the largest change over all
-# eight runs quoted as "AVX2 moved ..."; each tolerance is about twice that, so a real regression (a broken
-# augmentation, loss, schedule or probe moves several points) still fails. One test image is 1/300 = 0.0033.
+# (MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), twice (before and after the
+# protocols' solver changes of 8a3d5f0); the largest change over all eight runs is quoted as "AVX2 moved ...".
+# Each tolerance is about twice that, so a real regression (a broken augmentation, loss, schedule or probe moves
+# several points) still fails. One test image is 1/300 = 0.0033.
 TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = (
     # Few-shot probes fit 10-100 labelled images and pick their regularisation on a validation draw as small,
     # so a last-bit change in the features can move the chosen grid point and the accuracy by points.
@@ -101,10 +102,14 @@ TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = (
     ("fewshot*.top1_std", Tolerance(abs=0.04), "spread over 3 draws (AVX2 moved 0.014)"),
     ("fewshot*.top1_draws", Tolerance(compare=False), "single draws (AVX2 moved 0.08); their mean is compared"),
     ("fewshot*.val_top1", Tolerance(compare=False), "per-draw validation scores of the regularisation search"),
-    ("*.top1", Tolerance(abs=0.015), "k-NN / linear accuracy (AVX2 moved 0.0067: 2 images)"),
-    ("*.top5", Tolerance(abs=0.015), "as top-1 (AVX2 moved 0.0033)"),
-    ("*.val_top1", Tolerance(abs=0.015), "linear probe's validation accuracy, as top-1"),
-    ("*.mean_per_class_recall", Tolerance(abs=0.015), "as top-1, class-balanced (AVX2 moved 0.0067)"),
+    # The linear probe also picks its regularisation on 120 validation images: a grid step moves a few more.
+    ("linear*.top1", Tolerance(abs=0.035), "linear-probe accuracy (AVX2 moved BYOL's 0.0167: 5 images)"),
+    ("linear*.top5", Tolerance(abs=0.035), "as linear top-1"),
+    ("linear*.val_top1", Tolerance(abs=0.035), "as linear top-1, on the probe's validation split"),
+    ("linear*.mean_per_class_recall", Tolerance(abs=0.035), "as linear top-1, class-balanced (AVX2 moved 0.0167)"),
+    ("*.top1", Tolerance(abs=0.015), "k-NN accuracy (AVX2 moved 0.0067: 2 images)"),
+    ("*.top5", Tolerance(abs=0.015), "as k-NN top-1 (AVX2 moved 0.0033)"),
+    ("*.mean_per_class_recall", Tolerance(abs=0.015), "as top-1, class-balanced"),
     # A point that changes cluster changes the Hungarian matching and every restart's contingency table.
     ("kmeans*.acc", Tolerance(abs=0.04), "clustering accuracy (AVX2 moved 0.017)"),
     ("kmeans*.nmi", Tolerance(abs=0.04), "NMI (AVX2 moved 0.015)"),
