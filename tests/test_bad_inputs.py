@@ -305,9 +305,9 @@ simple("search-zero-trials", ["search", "--method", "simclr", "--trials", "0"], 
 simple("search-two-seeds", ["search", "--method", "simclr", "--seeds", "2"], "at least 3 seeds")
 
 
-@case("search-storage-unreachable", "search", "storage")
+@case("search-storage-unreachable", "search", "cannot reach storage")
 def _(d, ctx):
-    # Port 1 on the loopback refuses at once: an unreachable database, without waiting on a network.
+    # Without a PostgreSQL driver installed this is "cannot import"; with one, port 1 on the loopback refuses at once.
     return ["search", "--method", "simclr", "--suite", "smoke", "--trials", "1", "--seeds", "0",
             "--storage", "postgresql://user@127.0.0.1:1/db", "--out", d / "out"]
 
