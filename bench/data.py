@@ -144,7 +144,10 @@ def _torchvision_root(candidate: Path) -> Path | None:
         src, dst = raw / f, staged / f
         if src.exists():
             if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
-                shutil.copyfile(src, dst)
+                # Copy then rename: a killed or concurrent copy never leaves a truncated file that looks newer.
+                part = staged / f".{f}.{os.getpid()}.part"
+                shutil.copyfile(src, part)
+                os.replace(part, dst)
             continue
         gz = raw / f"{f}.gz"
         if not dst.exists() or dst.stat().st_mtime < gz.stat().st_mtime:
