@@ -190,7 +190,8 @@ def fashion_mnist(data_root: str | None = None) -> Dataset:
         except (RuntimeError, ValueError, OSError, AssertionError) as err:
             raise UsageError(f"Fashion-MNIST files under {cand} are corrupt ({err}); {FETCH_HINT}") from None
         if len(tr.data) != 60000 or len(te.data) != 10000:
-            raise UsageError(f"Fashion-MNIST under {cand} has {len(tr.data)}/{len(te.data)} images, expected 60000/10000; {FETCH_HINT}")
+            found = f"{len(tr.data)}/{len(te.data)}"
+            raise UsageError(f"Fashion-MNIST under {cand} has {found} images, expected 60000/10000; {FETCH_HINT}")
         return Dataset("fashion-mnist", tr.data.unsqueeze(1).contiguous(), tr.targets.long(),
                        te.data.unsqueeze(1).contiguous(), te.targets.long(), list(tr.classes), source=str(cand))
     where = ", ".join(str(c) for c in candidates)
