@@ -83,12 +83,13 @@ def with_bias(x: torch.Tensor) -> torch.Tensor:
 
 def centred_moments(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (float64, exact: the weights are centred on it) and scatter sum (x - mean)'(x - mean),
-    estimated from at most PRECOND_ROWS evenly spaced rows in ``dtype`` (it only shapes the preconditioner).
-    Shape: x (B, N, D) -> (B, D), (B, D, D).
+    estimated from at most PRECOND_ROWS evenly spaced rows (it only shapes the preconditioner). The
+    product stays float32 whatever ``dtype``: a bfloat16 product rounds each entry and the matrix stops
+    being positive definite (Cholesky failed on raw pixels). Shape: x (B, N, D) -> (B, D), (B, D, D).
     """
     n = x.shape[1]
     mean = x.mean(1, dtype=torch.float64)
-    xc = (x[:, ::max(1, n // PRECOND_ROWS)] - mean[:, None].float()).to(dtype)
+    xc = x[:, ::max(1, n // PRECOND_ROWS)] - mean[:, None].float()
     return mean, (xc.transpose(1, 2) @ xc).double() * (n / max(1, xc.shape[1]))
 
 
@@ -165,7 +166,7 @@ def curvature(p: Problem, w: torch.Tensor) -> torch.Tensor:
     xs = p.x[:, ::max(1, n // PRECOND_ROWS)]
     prob = (xs @ w).softmax(-1)
     a = ((1 - prob.pow(2).sum(-1)) / (p.num_classes - 1)).sqrt_()[..., None]
-    xc = ((xs - shift) * a).to(p.fast.dtype)
+    xc = (xs - shift) * a  # float32, as in centred_moments
     return (xc.transpose(1, 2) @ xc).double() / xs.shape[1]
 
 
@@ -181,8 +182,12 @@ def precondition(gram: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     penalised[-1] = 0
     m = gram[:, None] + torch.diag_embed(lam.to(gram.device, torch.float64)[..., None] * penalised)
     eye = torch.eye(d1, dtype=torch.float64, device=gram.device)
+    scale = m.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
     with threads_for(0, gram.device):
-        low = torch.linalg.cholesky(m)
+        for jitter in (0.0, 1e-10, 1e-8, 1e-6):  # float round-off can leave a zero-variance direction at -eps
+            low, info = torch.linalg.cholesky_ex(m + jitter * scale * eye)
+            if not info.any():
+                break
         inv = torch.linalg.solve_triangular(low, eye.expand_as(low), upper=False)
     return inv.transpose(-1, -2).float()
 

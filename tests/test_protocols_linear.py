@@ -139,6 +139,18 @@ def test_bfloat16_products_reach_the_float32_optimum(digits):
         assert abs(accuracy(ws[torch.bfloat16][0, j], xt, yt) - accuracy(ws[torch.float32][0, j], xt, yt)) <= 0.006
 
 
+def test_unnormalised_raw_pixels(digits):
+    # Raw 0..255 pixels, no L2 normalisation: the preconditioner's matrices span a wide range
+    # (regression: a bfloat16 scatter matrix was not positive definite and Cholesky failed).
+    from bench.data import load_dataset
+
+    ds = load_dataset("digits")
+    flat = lambda t: t.reshape(len(t), -1).float()
+    out = PROTOCOLS.get("linear")(Features(flat(ds.train_x), ds.train_y), Features(flat(ds.test_x), ds.test_y),
+                                  normalise=False)["linear"]
+    assert out["top1"] > 0.9 and not out["normalised"]
+
+
 def test_tiny_data_few_classes():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(60) % 3
