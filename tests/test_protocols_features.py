@@ -82,3 +82,21 @@ def test_feature_module_picks_backbone_or_head():
     assert feature_module(m, "head")(x).shape == (2, 2)
     with pytest.raises(UsageError):
         feature_module(m, "neck")
+
+
+def test_extract_folds_batchnorm_without_changing_features():
+    from methods.backbones import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(1, (4, 8))
+    with torch.no_grad():  # BN statistics away from their (0, 1) defaults, so folding has work to do
+        for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+    images = torch.randint(0, 256, (9, 1, 8, 8), dtype=torch.uint8)
+    a = extract(net, images, (0.5,), (0.25,), batch_size=4)
+    assert net.training and all(p.is_contiguous() for p in net.parameters())  # the encoder itself is untouched
+    net.eval()
+    expected = net((images.float() / 255 - 0.5) / 0.25)
+    assert torch.allclose(a, expected, atol=1e-5, rtol=1e-4)
