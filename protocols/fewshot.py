@@ -6,7 +6,8 @@ stratified labelled subsets (seeded); the regularisation of each draw is chosen 
 protocol's coarse-to-fine search on a validation set of the same size drawn from the remaining
 train labels (a labelled set of 10 images cannot spare a validation split), and the probe fitted
 on the labelled subset alone is scored on the whole test set. All draws of a setting are solved
-together as one batch of problems. Reported: mean and std over draws.
+together as one batch of problems; with fewer labels than feature dimensions they are solved, exactly,
+in the span of their labelled samples (see ``protocols.linear.span_basis``). Reported: mean and std over draws.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from protocols.features import resolve_device, threads_by_size
 from protocols.linear import (
     GRID,
     Problem,
+    from_span,
     mean_per_class_recall,
     predict_logits,
     prepare,
     product_dtype,
+    span_basis,
     sweep,
+    to_span,
     topk_accuracy,
     with_bias,
 )
@@ -77,12 +81,17 @@ def evaluate(train: Features, test: Features, *, fractions=DEFAULT_FRACTIONS, sh
         # Validation sets can differ in size when a class runs out; trim all draws to the smallest.
         m = min(len(p[1]) for p in picks)
         val = torch.from_numpy(np.stack([p[1][rng.permutation(len(p[1]))[:m]] for p in picks]))
-        dtype = product_dtype(lab.shape[1], dev)
-        problem = Problem.build(with_bias(x_all[lab]).to(dev), train.y[lab].to(dev), c, dtype)
-        if m > 0:
-            peak, w, log = sweep(problem, x_all[val].to(dev), train.y[val].to(dev), max_iter=max_iter, tol=tol)
-        else:
+        if m == 0:
             raise ValueError(f"{key}: no train samples left for validation; use fewer shots")
+        x_lab, x_val = x_all[lab].to(dev), x_all[val].to(dev)
+        reduce = lab.shape[1] < x_all.shape[1]  # fewer labels than features: solve in their span (exact)
+        if reduce:
+            mean, q = span_basis(x_lab)
+            x_lab, x_val = to_span(x_lab, mean, q), to_span(x_val, mean, q)
+        problem = Problem.build(with_bias(x_lab), train.y[lab].to(dev), c, product_dtype(lab.shape[1], dev))
+        peak, w, log = sweep(problem, x_val, train.y[val].to(dev), max_iter=max_iter, tol=tol)
+        if reduce:
+            w = from_span(w, mean, q)
         logits = predict_logits(w, x_test[None]).cpu()  # (draws, M, C)
         top1, top5, recall = zip(*[(*topk_accuracy(lg, y_test, c), mean_per_class_recall(lg.argmax(1), y_test, c))
                                    for lg in logits], strict=True)
@@ -92,7 +101,8 @@ def evaluate(train: Features, test: Features, *, fractions=DEFAULT_FRACTIONS, sh
             "regularisation": [float(GRID[i]) for i in peak], "val_top1": log["val_top1"],
             "n_labelled": int(counts.sum()), "n_val": m, "draws": draws, "seed": seed, "normalised": normalise,
             "selection": "coarse-to-fine on a disjoint validation draw of the same size", "grid": "logspace(-6,2,97)",
-            "matmul_dtype": str(dtype).removeprefix("torch."), "max_iter": max_iter, "tol": tol,
+            "matmul_dtype": str(problem.fast.dtype).removeprefix("torch."), "solved_in_label_span": reduce,
+            "max_iter": max_iter, "tol": tol,
             "n_test": len(test), "num_classes": c,
         }
     return out

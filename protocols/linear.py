@@ -281,7 +281,7 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
             if done.all():
                 break
             st.keep(~done)
-            cols = cols[~done]
+            cols = cols[~done.cpu()]  # cols stays on the CPU beside ``info``; ``done`` lives on the device
         live = st.w.shape[1]
         direction = _two_loop(st)
         dw = st.basis @ direction
@@ -323,8 +323,8 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
 
 
 def _record(out_w, info, st: _State, cols, done, grad_max, iterations) -> None:
-    idx = cols[done]
-    out_w[:, idx] = st.w[:, done]
+    idx = cols[done.cpu()]
+    out_w[:, idx.to(out_w.device)] = st.w[:, done]
     info["iterations"][:, idx] = iterations
     info["grad_max"][:, idx] = grad_max[:, done].cpu()
     info["objective"][:, idx] = st.f[:, done].cpu()
@@ -346,6 +346,31 @@ def _two_loop(st: _State) -> torch.Tensor:
     for (s_, y_, rho), a in zip(st.hist, reversed(alphas), strict=True):
         q += (a - rho * _dot(y_, q))[..., None, None] * s_
     return -q
+
+
+def span_basis(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and an orthonormal basis Q of the span of the centred rows, for problems with fewer samples than features.
+
+    The penalised weights of the optimum lie in that span (the gradient in W is (x - mean)' R + lam W), and
+    ||Q A|| = ||A||, so fitting on the coordinates (x - mean) Q and mapping back with ``from_span`` solves the
+    original problem exactly, with an N x N curvature instead of D x D (few-shot on 784 raw pixels: a
+    785 x 785 Cholesky per regularisation value and draw was most of the protocol's time).
+    Shape: x (B, N, D) -> mean (B, 1, D), Q (B, D, N).
+    """
+    mean = x.float().mean(1, keepdim=True)
+    q, _ = torch.linalg.qr((x.float() - mean).transpose(1, 2).double())
+    return mean, q.float()
+
+
+def to_span(x: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Shape: x (B, M, D) -> (B, M, N) coordinates in the basis of ``span_basis``."""
+    return (x.float() - mean) @ q
+
+
+def from_span(w: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Weights fitted on span coordinates -> data-space weights. Shape: w (B, N+1, C) -> (B, D+1, C)."""
+    weights = q @ w[:, :-1]
+    return torch.cat([weights, w[:, -1:] - mean @ weights], 1)
 
 
 def predict_logits(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -169,3 +169,22 @@ def test_fewshot_settings_and_draws(digits):
     # More labels help (on average over draws; digits is easy enough for this to hold by a wide margin).
     assert out["fewshot_1shot"]["top1"] < out["fewshot_10shot"]["top1"] < out["fewshot_10pct"]["top1"] + 0.05
     assert out["fewshot_10shot"]["top1"] > 0.8
+
+
+@pytest.mark.parametrize("lam", [1e-4, 1e-2, 1.0])
+def test_fit_in_the_span_of_few_samples_is_the_full_solution(digits, lam):
+    xt = digits[2]
+    g = torch.Generator().manual_seed(0)
+    idx = torch.stack([torch.randperm(len(digits[0]), generator=g)[:30] for _ in range(2)])  # 30 samples < 64 features
+    x, y = digits[0][idx], digits[1][idx]
+    full, info = lin.fit(lin.Problem.build(lin.with_bias(x), y, 10), torch.full((2, 1), lam), tol=1e-5)
+    mean, q = lin.span_basis(x)
+    small, info_small = lin.fit(lin.Problem.build(lin.with_bias(lin.to_span(x, mean, q)), y, 10), torch.full((2, 1), lam),
+                                tol=1e-5)
+    mapped = lin.from_span(small[:, 0], mean, q)
+    assert bool(info["converged"].all()) and bool(info_small["converged"].all())
+    assert q.shape == (2, 64, 30)
+    for b in range(2):
+        assert objective(mapped[b], x[b], y[b], lam) <= objective(full[b, 0], x[b], y[b], lam) + 1e-6
+        agree = (lin.predict_logits(mapped[b], xt).argmax(1) == lin.predict_logits(full[b, 0], xt).argmax(1)).float().mean()
+        assert agree >= 0.99
