@@ -31,7 +31,7 @@ def backbone_for(method: str, default: str = "convnet") -> str:
     return getattr(methods.METHODS.get(method), "required_backbone", default)
 
 
-QUICK_PER_CLASS = 500
+QUICK_PER_CLASS = 400
 QUICK_EPOCHS = 2
 QUICK_SEEDS = (0, 1, 2)
 
@@ -40,10 +40,10 @@ QUICK_SEEDS = (0, 1, 2)
 def quick() -> list[RunConfig]:
     """Every registered method on Fashion-MNIST, convnet (MAE: its ViT), seeds 0/1/2: the main job.
 
-    Budget: 500 training images per class (5,000, one fixed seeded subset), 2 epochs, batch 256, the
-    unified recipe (SGD momentum 0.9, lr 0.06 x bs/256, wd 5e-4, cosine); protocols on the 5,000
+    Budget: 400 training images per class (4,000, one fixed seeded subset), 2 epochs, batch 256, the
+    unified recipe (SGD momentum 0.9, lr 0.06 x bs/256, wd 5e-4, cosine); protocols on the 4,000
     training features and the full 10,000-image test split. Command: ``repbench run --suite quick``
-    (about 20 minutes on 2 cores). Measured numbers: README.md.
+    (measured: see README.md, under the 20-minute target on 2 quiet cores). Numbers: README.md.
     """
     return [RunConfig(method=m, dataset="fashion-mnist", backbone=backbone_for(m), epochs=QUICK_EPOCHS,
                       batch_size=256, seed=s, per_class=QUICK_PER_CLASS, suite="quick")
