@@ -28,7 +28,8 @@ class Throughput:
     batch_size: int
 
     def line(self) -> str:
-        return f"{self.images_per_s:.0f} img/s (data wait {100 * self.data_wait_share:.1f}%, {self.steps} steps of {self.batch_size})"
+        wait = 100 * self.data_wait_share
+        return f"{self.images_per_s:.0f} img/s (data wait {wait:.1f}%, {self.steps} steps of {self.batch_size})"
 
 
 def build(cfg: RunConfig, ds: Dataset, run_dir) -> Trainer:
