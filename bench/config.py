@@ -21,8 +21,13 @@ class Recipe:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 0.0
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | step (x0.1 at each of ``milestones``)
     betas: tuple[float, float] = (0.9, 0.999)
+    milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of training where ``step`` multiplies the rate by 0.1
+    final_weight_decay: float | None = None  # weight decay follows a cosine from weight_decay to this (DINO)
+    clip_grad: float = 0.0  # > 0: clip each parameter's gradient norm to this (DINO's clip_gradients)
+    fixed_lr: tuple[str, ...] = ()  # parameter-name prefixes whose rate skips the schedule (SimSiam's predictor)
+    no_decay_lr_scale: float = 1.0  # base-rate multiplier for biases and norm parameters (Barlow Twins: 0.024)
 
     def scaled_lr(self, batch_size: int) -> float:
         return self.lr * batch_size / 256

@@ -23,7 +23,7 @@ from bench.augment import Augmenter
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import UsageError
-from bench.optim import build_optimizer, build_scheduler
+from bench.optim import apply_recipe_step, build_optimizer, build_scheduler
 from bench.store import load_checkpoint, save_checkpoint
 from methods.base import Batch, Method
 
@@ -178,6 +178,7 @@ class Trainer:
             return out
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        apply_recipe_step(self.opt, self.method.parameters(), self.state.step, self.total_steps, self.cfg.recipe)
         self.opt.step()
         self.sched.step()
         self.state.step += 1

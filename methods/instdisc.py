@@ -52,8 +52,8 @@ class InstDiscConfig:
 class InstDisc(Method):
     Config = InstDiscConfig
     # Official lemniscate main.py: SGD lr 0.03 (bs 256), momentum 0.9, wd 1e-4, 200 epochs with x0.1
-    # at 120 and 160 (approximated by cosine).
-    paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="cosine")
+    # at 120 and 160 (milestones 0.6 and 0.8 of training).
+    paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="step", milestones=(0.6, 0.8))
 
     def __init__(self, ctx: Context, cfg: InstDiscConfig) -> None:
         super().__init__()

@@ -98,9 +98,9 @@ def grouped_forward(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 @METHODS.register("moco-v1")
 class MoCo(Method):
     Config = MoCoConfig
-    # v1 paper (Sec. 4 / official main_moco.py): SGD lr 0.03 (bs 256), wd 1e-4, momentum 0.9; its step
-    # schedule (x0.1 at epochs 120 and 160 of 200) is approximated by cosine, the loop's decaying schedule.
-    paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="cosine")
+    # v1 paper (Sec. 4 / official main_moco.py): SGD lr 0.03 (bs 256), wd 1e-4, momentum 0.9, 200 epochs with
+    # x0.1 at epochs 120 and 160 (milestones 0.6 and 0.8 of training; v2 replaced it by cosine).
+    paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="step", milestones=(0.6, 0.8))
 
     def __init__(self, ctx: Context, cfg: MoCoConfig) -> None:
         super().__init__()

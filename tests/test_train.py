@@ -6,7 +6,7 @@ import torch
 import methods
 from bench.config import Recipe, RunConfig
 from bench.data import load_dataset
-from bench.optim import LARS, lr_factor
+from bench.optim import LARS, apply_recipe_step, build_optimizer, build_scheduler, lr_factor, weight_decay_at
 from bench.pipeline import context
 from bench.train import CHECKPOINT, COLLAPSE_STD_RATIO, Trainer, collapse_stats, seed_everything
 from methods.base import make_config
@@ -70,6 +70,55 @@ def test_warmup_then_cosine():
     assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_drops_tenfold_at_each_milestone():
+    # MoCo v1 / InstDisc: x0.1 at epochs 120 and 160 of 200.
+    assert [lr_factor(s, 200, 0, "step", (0.6, 0.8)) for s in (0, 119, 120, 159, 160, 199)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_paper_recipe_groups_fixed_rate_and_bias_scale():
+    """SimSiam's predictor keeps its rate while the rest decays; Barlow Twins' biases/BN get 0.0048 / 0.2 of it."""
+    ctx_ds = load_dataset("digits", per_class=5)
+    for name in ("simsiam", "barlowtwins"):
+        cls = methods.METHODS.get(name)
+        cfg = RunConfig(method=name, dataset="digits", batch_size=256)
+        m = cls(context(cfg, ctx_ds), make_config(cls, {}))
+        opt = build_optimizer(m, cls.paper_recipe, 256)
+        sched = build_scheduler(opt, cls.paper_recipe, total_steps=100, steps_per_epoch=10)
+        grouped = sum(len(g["params"]) for g in opt.param_groups)
+        assert grouped == sum(1 for p in m.parameters() if p.requires_grad)
+        base = {id(g): g["initial_lr"] for g in opt.param_groups}  # the rate before warm-up and schedule
+        for _ in range(60):
+            opt.step()
+            sched.step()
+        for g in opt.param_groups:
+            if g["fixed_lr"]:
+                assert g["lr"] == pytest.approx(base[id(g)])
+            else:
+                assert g["lr"] < 0.5 * base[id(g)]
+        if name == "simsiam":
+            pred = {id(p) for p in m.predictor.parameters()}
+            fixed = {id(p) for g in opt.param_groups if g["fixed_lr"] for p in g["params"]}
+            assert fixed == pred
+        else:
+            lrs = {g["decay"]: g["initial_lr"] for g in opt.param_groups}
+            assert lrs[False] == pytest.approx(lrs[True] * 0.0048 / 0.2)
+
+
+def test_dino_recipe_clips_each_parameter_and_schedules_weight_decay():
+    r = methods.METHODS.get("dino").paper_recipe
+    assert weight_decay_at(0, 100, r) == pytest.approx(0.04)
+    assert weight_decay_at(50, 100, r) == pytest.approx(0.22)
+    assert weight_decay_at(100, 100, r) == pytest.approx(0.4)
+    big, small = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    big.grad, small.grad = torch.tensor([30.0, 40.0, 0.0]), torch.tensor([0.3, 0.4, 0.0])
+    opt = torch.optim.AdamW([{"params": [big, small], "weight_decay": 0.04, "decay": True}], lr=1.0)
+    apply_recipe_step(opt, [big, small], 50, 100, r)
+    assert big.grad.norm().item() == pytest.approx(3.0)  # clipped on its own
+    assert small.grad.norm().item() == pytest.approx(0.5)  # untouched: not scaled with the global norm
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.22)
 
 
 def test_lars_trust_ratio():
