@@ -44,11 +44,12 @@ def ci() -> list[RunConfig]:
     """The regression suite ``repbench check`` runs: fixed seed, deterministic, CPU, every registered protocol.
 
     Six methods on digits (600 train / 300 test images, 8x8) and two on Fashion-MNIST (600 / 300, 28x28), each
-    2 epochs of batch 100 with the unified recipe. The numbers are not benchmarks; they only have to stay put.
+    2 epochs of batch 100 with the unified recipe, in float32 (amp=False: the baseline must not depend on whether
+    a CPU has native bf16). The numbers are not benchmarks; they only have to stay put.
     Command: ``repbench check`` (minutes on 2 cores).
     """
     return [RunConfig(method=m, dataset=d, epochs=2, batch_size=100, seed=0, suite="ci", per_class=CI_PER_CLASS,
-                      test_per_class=CI_TEST_PER_CLASS, deterministic=True)
+                      test_per_class=CI_TEST_PER_CLASS, deterministic=True, amp=False)
             for d, names in (("digits", CI_METHODS), ("fashion-mnist", CI_FMNIST_METHODS)) for m in names]
 
 

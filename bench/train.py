@@ -34,6 +34,18 @@ CHECKPOINT = "checkpoint.pt"
 COLLAPSE_STD_RATIO = 0.01
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix work is native here: CUDA, or a CPU with AMX or AVX512-BF16 (oneDNN).
+
+    Measured on this project's 2-core CPU (AMX): the convnet SimCLR step under bf16 autocast 270 ms vs 460 ms
+    in float32 for 2 views of 256. Elsewhere bf16 is emulated and slower, so training stays float32.
+    """
+    if device.type == "cuda":
+        return True
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return device.type == "cpu" and any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
 @dataclass
 class Meter:
     """Throughput: images per second (an image in two views counts once) and the data-wait share."""
@@ -120,7 +132,7 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed)
         probe_idx = torch.randperm(len(self.images), generator=g)[:512].to(self.device)
         self.probe = self.augment.normalise(self.augment.to_float(self.images[probe_idx]))
-        self.amp = cfg.amp and self.device.type == "cuda"
+        self.amp = cfg.amp and native_bf16(self.device)
         self.meter = Meter()
         self.state = TrainState()
 
@@ -170,7 +182,7 @@ class Trainer:
         return Batch(views=views, images=images, labels=self.labels[idx], index=idx, text=text)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         with autocast:
             out = self.method.training_step(batch)
         loss = out["loss"]
@@ -240,5 +252,6 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         warmup = round(self.cfg.recipe.warmup_epochs * self.steps_per_epoch)
         return {"steps": self.state.step, "epochs": self.state.epoch, "steps_per_epoch": self.steps_per_epoch,
+                "autocast_bf16": self.amp,
                 "lr": self.cfg.recipe.scaled_lr(self.cfg.batch_size), "warmup_steps": min(warmup, self.total_steps // 10),
                 "history": self.state.history}

@@ -29,3 +29,18 @@ def test_view_size_and_normalisation():
     expected = torch.nn.functional.interpolate(x.float() / 255, size=12, mode="bilinear", align_corners=False)
     # scale (1, 1) is the whole image: the view is a resize of it, normalised by mean 0.5 / std 0.25
     assert torch.allclose(v, (expected - 0.5) / 0.25, atol=0.15)
+
+
+def test_batched_crop_equals_kornias_crop_of_the_same_boxes():
+    from bench.augment import BatchedResizedCrop
+
+    x = torch.rand(32, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    for size in (20, 8):  # global and multi-crop local views
+        crop = BatchedResizedCrop(size, (0.08, 1.0), (3 / 4, 4 / 3))
+        torch.manual_seed(1)
+        ours = crop(x)
+        torch.manual_seed(1)  # the same global draws give kornia the same boxes
+        reference = crop.sampler(x, params=crop.sampler.forward_parameters(x.shape))
+        assert ours.shape == reference.shape == (32, 3, size, size)
+        assert torch.allclose(ours, reference, atol=1e-5)
+        assert not torch.allclose(ours[0], ours[1])  # boxes differ per sample
