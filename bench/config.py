@@ -57,7 +57,7 @@ class RunConfig:
     protocols: tuple[str, ...] | None = None  # None: every registered protocol
     suite: str = "adhoc"
     deterministic: bool = False
-    amp: bool = True  # bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16 (bench.train.native_bf16)
+    amp: bool = True  # bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16 (protocols.features.native_bf16)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

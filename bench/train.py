@@ -26,24 +26,13 @@ from bench.errors import UsageError
 from bench.optim import apply_recipe_step, build_optimizer, build_scheduler
 from bench.store import load_checkpoint, save_checkpoint
 from methods.base import Batch, Method
+from protocols.features import native_bf16
 
 CHECKPOINT = "checkpoint.pt"
 # Healthy L2-normalised embeddings have a per-dimension std near 1/sqrt(D) (SimSiam, Chen & He 2021, Sec. 4.1),
 # so std x sqrt(D) is ~1; a collapsed one is ~0. Freshly initialised projection heads already sit at ~0.03
 # (their outputs share a large common direction), so the alarm is set below that: 100x under healthy.
 COLLAPSE_STD_RATIO = 0.01
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matrix work is native here: CUDA, or a CPU with AMX or AVX512-BF16 (oneDNN).
-
-    Measured on this project's 2-core CPU (AMX): the convnet SimCLR step under bf16 autocast 270 ms vs 460 ms
-    in float32 for 2 views of 256. Elsewhere bf16 is emulated and slower, so training stays float32.
-    """
-    if device.type == "cuda":
-        return True
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return device.type == "cpu" and any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 
 
 @dataclass

@@ -157,6 +157,19 @@ def resolve_device(train, device: str | torch.device | None = None) -> torch.dev
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix work is native here: CUDA, or a CPU with AMX or AVX512-BF16 (oneDNN).
+
+    The training loop's autocast and the linear probe's products both ask. Measured on this project's 2-core CPU
+    (AMX): the convnet SimCLR step under bf16 autocast 270 ms vs 460 ms in float32 for 2 views of 256.
+    Elsewhere bf16 is emulated and slower, so both stay float32.
+    """
+    if device.type == "cuda":
+        return True
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return device.type == "cpu" and any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
 # Below this many elements per operation a CPU op takes well under a millisecond, and waking a second
 # OpenMP thread costs more than it saves; on a shared, loaded machine a parallel region can wait a whole
 # scheduler slice for it (measured here under load: 5000x256 linear probe 47 s with 2 threads, 2.8 s with 1).

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from protocols.base import PROTOCOLS, Features, Metrics
-from protocols.features import resolve_device, threads_by_size, threads_for
+from protocols.features import native_bf16, resolve_device, threads_by_size, threads_for
 
 GRID = np.logspace(-6, 2, 97)
 COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) inside the 97-point grid
@@ -387,12 +387,7 @@ def product_dtype(n: int, device: torch.device) -> torch.dtype:
     and the sample is large: the gradient then carries rounding error ~ 2^-9 |x| |r| / sqrt(N)
     (measured: ~1e-4 with 24 samples, ~1e-6 with 48k), far below the tolerance only for large N.
     """
-    if n < BF16_MIN_ROWS:
-        return torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return torch.bfloat16 if any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes) else torch.float32
+    return torch.bfloat16 if n >= BF16_MIN_ROWS and native_bf16(device) else torch.float32
 
 
 def sweep(p: Problem, val_x: torch.Tensor, val_y: torch.Tensor, *, max_iter: int, tol: float
