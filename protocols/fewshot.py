@@ -101,7 +101,7 @@ def evaluate(train: Features, test: Features, *, fractions=DEFAULT_FRACTIONS, sh
             "regularisation": [float(GRID[i]) for i in peak], "val_top1": log["val_top1"],
             "n_labelled": int(counts.sum()), "n_val": m, "draws": draws, "seed": seed, "normalised": normalise,
             "selection": "coarse-to-fine on a disjoint validation draw of the same size", "grid": "logspace(-6,2,97)",
-            "matmul_dtype": str(problem.fast.dtype).removeprefix("torch."), "solved_in_label_span": reduce,
+            "matmul_dtype": str(problem.dtype).removeprefix("torch."), "solved_in_label_span": reduce,
             "max_iter": max_iter, "tol": tol,
             "n_test": len(test), "num_classes": c,
         }
