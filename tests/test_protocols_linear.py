@@ -100,8 +100,6 @@ def test_sweep_follows_clip_benchmark(monkeypatch, shape):
     }[shape]
     # A fake solver whose "weights" make the validation accuracy a known function of the grid index.
     monkeypatch.setattr(lin, "fit", lambda p, lam, w0=None, **kw: (lam[..., None, None].expand(*lam.shape, 2, 2), {}))
-    monkeypatch.setattr(lin, "curvature", lambda p, w: None)
-    monkeypatch.setattr(lin, "precondition", lambda gram, lam: None)
     monkeypatch.setattr(lin, "predict_logits", lambda w, x: w[..., :1, :1].expand(*w.shape[:-2], x.shape[-2], 2))
     index = {float(torch.tensor(v, dtype=torch.float32)): i for i, v in enumerate(lin.GRID)}
 
@@ -188,3 +186,43 @@ def test_fit_in_the_span_of_few_samples_is_the_full_solution(digits, lam):
         assert objective(mapped[b], x[b], y[b], lam) <= objective(full[b, 0], x[b], y[b], lam) + 1e-6
         agree = (lin.predict_logits(mapped[b], xt).argmax(1) == lin.predict_logits(full[b, 0], xt).argmax(1)).float().mean()
         assert agree >= 0.99
+
+
+def test_dithered_bfloat16_rounding_is_unbiased_and_exact():
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    dither = torch.randint(0, 1 << 16, (n,), dtype=torch.int32, generator=g)
+    # Residuals alike across samples: round-to-nearest moves their sum by a whole bfloat16 step.
+    same = torch.full((2, n), 0.1234567)
+    same[1] *= -1
+    q = lin.dithered_bf16(same, dither).float()
+    assert q.dtype == torch.float32 and bool((q.bfloat16().float() == q).all())  # exact in bfloat16
+    assert abs(q[0].mean().item() - 0.1234567) < 2e-6 and abs(q[1].mean().item() + 0.1234567) < 2e-6
+    assert abs(same[0].bfloat16().float().mean().item() - 0.1234567) > 5e-5  # what dithering avoids
+    spread = torch.randn(n, generator=g) * torch.logspace(-30, 5, n)
+    q = lin.dithered_bf16(spread, dither).float()
+    assert bool(((q - spread).abs() <= spread.abs() * 2**-7).all()) and bool((q.sign() == spread.sign()).all())
+    assert bool((lin.dithered_bf16(torch.zeros(4), dither[:4]) == 0).all())
+
+
+def test_sweep_start_interpolates_between_fitted_neighbours():
+    w = {i: torch.full((3, 2), float(i)) for i in (0, 16, 32)}
+    fitted = {i: (0.5, w[i]) for i in w}
+    start, lam = lin._start(fitted, 8)
+    assert torch.allclose(start, torch.full((3, 2), 8.0)) and lam == pytest.approx(lin.GRID[8])
+    start, lam = lin._start(fitted, 20)  # a quarter of the way from 16 to 32, uniform in log lambda
+    assert torch.allclose(start, torch.full((3, 2), 20.0)) and lam == pytest.approx(lin.GRID[20])
+    start, lam = lin._start(fitted, 16)
+    assert start is w[16] and lam == pytest.approx(lin.GRID[16])
+    start, lam = lin._start({i: fitted[i] for i in (16, 32)}, 4)  # nothing below: the nearer side, its own lambda
+    assert start is w[16] and lam == pytest.approx(lin.GRID[16])
+
+
+def test_a_start_that_meets_the_tolerance_needs_no_preconditioner(digits, monkeypatch):
+    x, y, _, _ = digits
+    problem = lin.Problem.build(lin.with_bias(x)[None], y[None], 10)
+    w, _ = lin.fit(problem, torch.tensor([[1e-3]]), tol=1e-6)
+    monkeypatch.setattr(lin, "precondition", lambda *a: pytest.fail("made a preconditioner"))
+    again, info = lin.fit(problem, torch.tensor([[1e-3]]), w, tol=1e-5)
+    assert int(info["iterations"][0, 0]) == 0 and bool(info["converged"].all())
+    assert torch.equal(again, w)
