@@ -51,17 +51,16 @@ PRECOND_ROWS = 16384  # rows that estimate the preconditioner's matrices (the ob
 class Problem:
     """B equally sized training sets with their preconditioner.
 
-    Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast_t a tuple of
-    (B, D+1, N_i) blocks, sum N_i = N: x transposed in bfloat16, each block contiguous (oneDNN runs a
-    transposed or strided bfloat16 operand 6-9x slower), for every product with x in a step, or None to
-    multiply with x in float32;
+    Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1) the same
+    in bfloat16 for both products of a step (x W' and R x, neither with a transposed operand, which oneDNN
+    runs 6-9x slower for bfloat16), or None to multiply with x in float32;
     y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16``; spectrum the eigenvalues
     (B, D) and eigenvectors (B, D, D) of the features' covariance (float64; ``precondition``), or None
     where every fit is given one.
     """
 
     x: torch.Tensor
-    fast_t: tuple[torch.Tensor, ...] | None
+    fast: torch.Tensor | None
     y: torch.Tensor
     num_classes: int
     mean: torch.Tensor
@@ -70,32 +69,22 @@ class Problem:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float32 if self.fast_t is None else self.fast_t[0].dtype
+        return torch.float32 if self.fast is None else self.fast.dtype
 
     def times_x_t(self, a: torch.Tensor) -> torch.Tensor:
-        """a @ x' in float32 out, a rounded to the product dtype. Shape: a (B, K, D+1) -> (B, K, N)."""
-        if self.fast_t is None:
+        """a @ x' in float32, a rounded to the product dtype. Shape: a (B, K, D+1) -> (B, K, N) contiguous."""
+        if self.fast is None:
             return a @ self.x.transpose(1, 2)
-        dt = self.fast_t[0].dtype
-        return torch.cat([a.to(dt) @ block for block in self.fast_t], 2).float()
-
-    def x_t_times(self, a: torch.Tensor) -> torch.Tensor:
-        """x' @ a in float32 out. Shape: a (B, N, K) contiguous in the product dtype -> (B, D+1, K)."""
-        out, start = None, 0
-        for block in self.fast_t:
-            part = block @ a[:, start:start + block.shape[2]]
-            out = part.float() if out is None else out + part.float()
-            start += block.shape[2]
-        return out
+        return (self.fast @ a.to(self.fast.dtype).transpose(1, 2)).float().transpose(1, 2).contiguous()
 
     @classmethod
     def build(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
               moments: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-              fast_t: tuple[torch.Tensor, ...] | None = None) -> Problem:
+              fast: torch.Tensor | None = None) -> Problem:
         """Shape: x (B, N, D+1) from ``with_bias``, y (B, N); ``moments`` = centred_moments(x) (the scatter
-        None: no spectrum) and ``fast_t`` = transposed(x, dtype) when the caller has them already."""
-        if fast_t is None and dtype != torch.float32:
-            fast_t = (transposed(x, dtype),)
+        None: no spectrum) and ``fast`` = x.to(dtype) when the caller has them already."""
+        if fast is None and dtype != torch.float32:
+            fast = x.to(dtype)
         mean, scatter = moments if moments is not None else centred_moments(x[..., :-1])
         spectrum = None
         if scatter is not None:
@@ -104,13 +93,7 @@ class Problem:
         # The rounding dither is drawn once per problem, from its own seeded generator: fits are reproducible.
         gen = torch.Generator().manual_seed(0)
         dither = torch.randint(0, 1 << 16, (x.shape[1],), dtype=torch.int32, generator=gen).to(x.device)
-        return cls(x, fast_t, y, num_classes, mean.float(), spectrum, dither)
-
-
-def transposed(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x (B, N, D+1) -> (B, D+1, N) contiguous in ``dtype`` (converted first: the transposing copy then
-    moves half the bytes)."""
-    return x.to(dtype).transpose(1, 2).contiguous()
+        return cls(x, fast, y, num_classes, mean.float(), spectrum, dither)
 
 
 def with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -151,9 +134,9 @@ def _residual_times_x(r: torch.Tensor, p: Problem) -> torch.Tensor:
     as x's own rounding does (~2^-9 |r| |x| / sqrt(N) per entry: ~1e-8 at N = 48k, tolerance 1e-4).
     Shape: r (B, K, N) -> (B, K, D+1).
     """
-    if p.fast_t is None:
+    if p.fast is None:
         return r @ p.x
-    return p.x_t_times(dithered_bf16(r, p.dither).transpose(1, 2).contiguous()).transpose(1, 2)
+    return (dithered_bf16(r, p.dither) @ p.fast).float()
 
 
 def dithered_bf16(r: torch.Tensor, dither: torch.Tensor) -> torch.Tensor:
@@ -552,14 +535,14 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
     x = with_bias(prepare(train.x[order], normalise)).to(dev)[None]
     y = train.y[order].to(dev)[None]
     n_fit = len(fit_idx)
-    # One low-precision copy in two blocks serves both: the sweep uses the first, the refit both.
-    x_t = None if dtype == torch.float32 else (transposed(x[:, :n_fit], dtype), transposed(x[:, n_fit:], dtype))
-    sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast_t=None if x_t is None else x_t[:1])
+    # One low-precision copy serves both: the sweep's rows are its head.
+    x_fast = None if dtype == torch.float32 else x.to(dtype)
+    sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast=None if x_fast is None else x_fast[:, :n_fit])
     peak, w_sweep, log = sweep(sweep_problem, x[:, n_fit:, :-1], y[:, n_fit:], max_iter=max_iter, tol=tol)
     lam = float(GRID[peak[0]])
     spectrum = sweep_problem.spectrum
     del sweep_problem
-    full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), x_t)
+    full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), x_fast)
     # The refit starts from the sweep's solution, on 25% more data: the sweep's covariance still preconditions.
     w, info = fit(full, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol, spectrum=spectrum)
     logits = predict_logits(w[0, 0], prepare(test.x, normalise).to(dev)).cpu()
