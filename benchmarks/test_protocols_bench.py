@@ -237,7 +237,12 @@ def _write_results():
     out = os.environ.get("REPBENCH_BENCH_OUT")
     if not out or not ROWS:
         return
-    meta = {"threads": THREADS, "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+    from bench.store import _git, device_name
+
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    meta = {"git_sha": _git("rev-parse", "HEAD"), "git_dirty_outside_results": None if status is None else bool(status),
+            "cpu": device_name("cpu"),
+            "threads": THREADS, "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "policy_set_before_torch": POLICY_BEFORE_TORCH,
             "load_average_1m_at_end": round(os.getloadavg()[0], 2), "command": COMMAND,
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -245,8 +250,10 @@ def _write_results():
     path.mkdir(parents=True, exist_ok=True)
     (path / "protocols.json").write_text(json.dumps({"meta": meta, "results": ROWS}, indent=2) + "\n")
     lines = ["# Protocol benchmarks: Fashion-MNIST raw pixels, 2 threads", "",
-             f"Measured {meta['time']} on {meta['cpus']} CPUs (shared; 1-minute load average at the end "
-             f"{meta['load_average_1m_at_end']}), torch {meta['torch']}. Each reference ran in its own fresh "
+             f"Measured {meta['time']}, code {meta['git_sha']} (dirty outside results/: "
+             f"{meta['git_dirty_outside_results']}), on {meta['cpus']} CPUs of {meta['cpu']} (shared; 1-minute "
+             f"load average at the end {meta['load_average_1m_at_end']}), torch {meta['torch']}. Each reference "
+             f"ran in its own fresh "
              f"process of the same run, just before repbench; only computation is timed; OMP_WAIT_POLICY="
              f"{meta['omp_wait_policy']} in every process.", "",
              f"Command: `{COMMAND}`", "",
