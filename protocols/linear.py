@@ -18,9 +18,8 @@ large, both products of a step read one bfloat16 copy of x (see ``Problem``, ``d
 Time (2 threads, Fashion-MNIST raw pixels, 48k fit / 12k val / refit on 60k; results/benchmarks/protocol-runs.md):
 the whole protocol in 3.9-5.7 s over seven runs (median 4.6 s) against 28.6-33.4 s for one fit of
 scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200), at 84.87% against 84.46% test top-1. Over split
-seeds 0-5 it takes 74-92 L-BFGS
-steps in all, 43-68 of them (round-off decides) on the smallest coarse value, lambda = 1e-6: a nearly
-separable problem with a slow tail. Tried for that tail and dropped: Kronecker factors eigen-corrected at
+seeds 0-5 it takes 74-92 L-BFGS steps in all, 43-68 of them (round-off decides) on the smallest coarse value,
+lambda = 1e-6: a nearly separable problem with a slow tail. Tried for that tail and dropped: Kronecker factors eigen-corrected at
 the solution (61 steps instead of 70, for 0.5 s of set-up), sub-sampled Newton-CG (4x fewer passes over
 x, but 300-450 CG steps), continuation over growing subsets (a sixth fewer passes).
 
