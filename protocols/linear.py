@@ -10,18 +10,19 @@ C = 1 / (lambda * N)) to a gradient tolerance with L-BFGS, solved for many lambd
 problems of equal size (few-shot draws), at once: one batched matrix product per step serves all of
 them. The variables are preconditioned by the Gauss-Newton curvature at zero plus lambda (the features'
 covariance / C, from one eigendecomposition per problem, so every lambda costs only a scaling), which
-makes raw pixel features as easy as whitened ones. Every fine-search value starts
-from the log-lambda interpolation of the two fitted values around it, the refit from the sweep's
-solution, so only the 7 coarse values are solved from zero. Where bfloat16 products are native and N is
+makes raw pixel features as easy as whitened ones. Every fine-search value starts from the log-lambda
+interpolation of the two fitted values around it, the refit from the sweep's solution, so only the 7
+coarse values are solved from zero. Where bfloat16 products are native and N is
 large, both products of a step read one bfloat16 copy of x (see ``Problem``, ``dithered_bf16``).
 
 Time (2 threads, Fashion-MNIST raw pixels, 48k fit / 12k val / refit on 60k; results/benchmarks/protocol-runs.md):
 the whole protocol in 3.9-5.7 s over seven runs (median 4.6 s) against 28.6-33.4 s for one fit of
 scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200), at 84.87% against 84.46% test top-1. Over split
 seeds 0-5 it takes 74-92 L-BFGS steps in all, 43-68 of them (round-off decides) on the smallest coarse value,
-lambda = 1e-6: a nearly separable problem with a slow tail. Tried for that tail and dropped: Kronecker factors eigen-corrected at
-the solution (61 steps instead of 70, for 0.5 s of set-up), sub-sampled Newton-CG (4x fewer passes over
-x, but 300-450 CG steps), continuation over growing subsets (a sixth fewer passes).
+lambda = 1e-6: a nearly separable problem with a slow tail. Tried for that tail and dropped: Kronecker
+factors eigen-corrected at the solution (61 steps instead of 70, for 0.5 s of set-up), sub-sampled
+Newton-CG (4x fewer passes over x, but 300-450 CG steps), continuation over growing subsets (a sixth
+fewer passes).
 
 ``linear_probe_paper`` is the other protocol: SGD through the frozen backbone with augmentation,
 following MoCo's ``main_lincls.py`` and MAE's ``main_linprobe.py``; it needs a model and images,
@@ -107,8 +108,8 @@ def with_bias(x: torch.Tensor) -> torch.Tensor:
 def centred_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (float64; summed in float32, pairwise) and scatter sum (x - mean)'(x - mean), estimated from at
     most PRECOND_ROWS evenly spaced rows (it only shapes the preconditioner). The product is float32: a
-    bfloat16 product rounds each entry and the matrix stops being positive definite (Cholesky failed on raw
-    pixels). Shape: x (B, N, D) -> (B, D), (B, D, D) float64.
+    bfloat16 product rounds each entry, and on raw pixels the matrix was no longer positive semi-definite.
+    Shape: x (B, N, D) -> (B, D), (B, D, D) float64.
     """
     n = x.shape[1]
     mean = x.float().mean(1).double()
@@ -160,7 +161,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _State:
     """The models still being optimised: every tensor has the model batch (B, L) in front."""
 
-    FIELDS = ("lam", "tol", "basis", "basis_t", "basis_inv", "u", "w", "z", "g", "gw", "f", "sq", "stalled")  # None: not yet made
+    # A field still None (the preconditioner and the variables in u, before a model needs a step) stays None.
+    FIELDS = ("lam", "tol", "basis", "basis_t", "basis_inv", "u", "w", "z", "g", "gw", "f", "sq", "stalled")
 
     def __init__(self, **tensors):
         self.__dict__.update(tensors)
@@ -245,8 +247,8 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
         w0 = w0.to(dev, torch.float32).expand(b, n_models, d1, c)
         w = torch.cat([w0[:, :, :-1], w0[:, :, -1:] + mean @ w0[:, :, :-1]], 2)
     tol = torch.as_tensor(tol, dtype=torch.float32, device=dev).expand(b, n_models).clone()
-    st = _State(lam=lam, tol=tol, basis=None, basis_t=None, basis_inv=None, u=None, w=w, z=None, g=None, gw=None, f=None, sq=None,
-                stalled=torch.zeros(b, n_models, dtype=torch.bool, device=dev))
+    st = _State(lam=lam, tol=tol, basis=None, basis_t=None, basis_inv=None, u=None, w=w, z=None, g=None, gw=None,
+                f=None, sq=None, stalled=torch.zeros(b, n_models, dtype=torch.bool, device=dev))
 
     def variables(st: _State) -> None:  # F for the live models, and the weights and gradient in u
         st.basis, st.basis_inv = precondition(spectrum, st.lam, c)
@@ -379,8 +381,8 @@ def span_basis(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The penalised weights of the optimum lie in that span (the gradient in W is (x - mean)' R + lam W), and
     ||Q A|| = ||A||, so fitting on the coordinates (x - mean) Q and mapping back with ``from_span`` solves the
-    original problem exactly, with an N x N curvature instead of D x D (few-shot on 784 raw pixels: a
-    785 x 785 Cholesky per regularisation value and draw was most of the protocol's time).
+    original problem exactly, with an N x N curvature instead of D x D (few-shot on 784 raw pixels: the
+    785 x 785 factorisations were most of the protocol's time).
     Shape: x (B, N, D) -> mean (B, 1, D), Q (B, D, N).
     """
     mean = x.float().mean(1, keepdim=True)
