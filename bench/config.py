@@ -57,7 +57,9 @@ class RunConfig:
     protocols: tuple[str, ...] | None = None  # None: every registered protocol
     suite: str = "adhoc"
     deterministic: bool = False
-    amp: bool = True  # bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16 (protocols.features.native_bf16)
+    # bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16 (protocols.features.native_bf16),
+    # except on a CPU for models that run slower so (bench.train.cpu_autocast_pays: the ViT).
+    amp: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -104,6 +104,11 @@ def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
     return {"embed_std_ratio": round(std_ratio, 4), "effective_rank": round(erank, 2)}
 
 
+def cpu_autocast_pays(model: torch.nn.Module) -> bool:
+    """False when a submodule says bfloat16 autocast makes it slower on a CPU (``cpu_autocast = False``: the ViT)."""
+    return all(getattr(m, "cpu_autocast", True) for m in model.modules())
+
+
 class Trainer:
     def __init__(self, method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, progress: bool = True) -> None:
         self.method, self.ds, self.cfg, self.run_dir, self.progress = method, ds, cfg, Path(run_dir), progress
@@ -121,7 +126,7 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed)
         probe_idx = torch.randperm(len(self.images), generator=g)[:512].to(self.device)
         self.probe = self.augment.normalise(self.augment.to_float(self.images[probe_idx]))
-        self.amp = cfg.amp and native_bf16(self.device)
+        self.amp = cfg.amp and native_bf16(self.device) and (self.device.type != "cpu" or cpu_autocast_pays(method))
         self.meter = Meter()
         self.state = TrainState()
 

@@ -8,8 +8,9 @@ from bench.config import Recipe, RunConfig
 from bench.data import load_dataset
 from bench.optim import LARS, apply_recipe_step, build_optimizer, build_scheduler, lr_factor, weight_decay_at
 from bench.pipeline import context
-from bench.train import CHECKPOINT, COLLAPSE_STD_RATIO, Trainer, collapse_stats, seed_everything
+from bench.train import CHECKPOINT, COLLAPSE_STD_RATIO, Trainer, collapse_stats, cpu_autocast_pays, seed_everything
 from methods.base import make_config
+from protocols.features import native_bf16
 
 
 def _trainer(tmp_path, method="simclr", epochs=2, **kw):
@@ -128,3 +129,12 @@ def test_lars_trust_ratio():
     opt.step()
     # step = lr * eta * ||w|| / ||g|| * g = 0.001 * 8 / 2 * 0.5 = 0.002
     assert torch.allclose(w, torch.full((4, 4), 2.0 - 0.002))
+
+
+def test_cpu_autocast_is_kept_off_for_the_vit(tmp_path):
+    vit = _trainer(tmp_path / "vit", method="mae", epochs=1)
+    conv = _trainer(tmp_path / "conv", method="simclr", epochs=1)
+    assert not cpu_autocast_pays(vit.method) and cpu_autocast_pays(conv.method)
+    assert vit.amp is False  # on any CPU, AMX or not
+    assert conv.amp == native_bf16(torch.device("cpu"))
+    assert _trainer(tmp_path / "off", method="simclr", epochs=1, amp=False).amp is False
