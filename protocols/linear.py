@@ -58,7 +58,7 @@ class Problem:
     Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1) the same
     in bfloat16 for both products of a step (x W' and R x, neither with a transposed operand, which oneDNN
     runs 6-9x slower for bfloat16), or None to multiply with x in float32;
-    y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16``; spectrum the eigenvalues
+    y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16`` (None without ``fast``); spectrum the eigenvalues
     (B, D) and eigenvectors (B, D, D) of the features' covariance (float64; ``precondition``), or None
     where every fit is given one.
     """
@@ -69,15 +69,16 @@ class Problem:
     num_classes: int
     mean: torch.Tensor
     spectrum: tuple[torch.Tensor, torch.Tensor] | None
-    dither: torch.Tensor  # (N,) int32 in [0, 2^16): see ``dithered_bf16``
+    dither: torch.Tensor | None  # (N,) int32 in [0, 2^16): see ``dithered_bf16``
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32 if self.fast is None else self.fast.dtype
 
-    def times_x_t(self, a: torch.Tensor) -> torch.Tensor:
-        """a @ x' in float32, a rounded to the product dtype. Shape: a (B, K, D+1) -> (B, K, N) contiguous."""
-        if self.fast is None:
+    def times_x_t(self, a: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """a @ x' in float32; a rounded to the product dtype unless ``exact`` (then a float32 product with x).
+        Shape: a (B, K, D+1) -> (B, K, N) contiguous."""
+        if exact or self.fast is None:
             return a @ self.x.transpose(1, 2)
         return (self.fast @ a.to(self.fast.dtype).transpose(1, 2)).float().transpose(1, 2).contiguous()
 
@@ -94,9 +95,11 @@ class Problem:
         if scatter is not None:
             vals, vecs = torch.linalg.eigh(scatter / x.shape[1])
             spectrum = (vals.clamp_min(0.0), vecs)  # round-off can leave a zero-variance direction at -eps
-        # The rounding dither is drawn once per problem, from its own seeded generator: fits are reproducible.
-        gen = torch.Generator().manual_seed(0)
-        dither = torch.randint(0, 1 << 16, (x.shape[1],), dtype=torch.int32, generator=gen).to(x.device)
+        dither = None
+        if fast is not None:
+            # Drawn once per problem, from its own seeded generator: fits are reproducible.
+            gen = torch.Generator().manual_seed(0)
+            dither = torch.randint(0, 1 << 16, (x.shape[1],), dtype=torch.int32, generator=gen).to(x.device)
         return cls(x, fast, y, num_classes, mean.float(), spectrum, dither)
 
 
@@ -268,10 +271,9 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
             "stalled": torch.zeros(b, n_models, dtype=torch.bool)}
     cols = torch.arange(n_models)  # which of the caller's models each live column is
 
-    def products(weights, fast: bool = True):  # (B, L, D+1, C) -> logits (B, L, C, N)
+    def products(weights, exact: bool = False):  # (B, L, D+1, C) -> logits (B, L, C, N)
         live = weights.shape[1]
-        a = weights.transpose(2, 3).reshape(b, live * c, d1)
-        return (p.times_x_t(a) if fast else a @ p.x.transpose(1, 2)).view(b, live, c, n)
+        return p.times_x_t(weights.transpose(2, 3).reshape(b, live * c, d1), exact).view(b, live, c, n)
 
     def gradient(st: _State, ce, e, s) -> None:
         live = st.w.shape[1]
@@ -286,7 +288,7 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
             st.g = st.basis_t @ gw
 
     def exact(st: _State) -> None:
-        st.z = products(to_data(st.w), fast=False)
+        st.z = products(to_data(st.w), exact=True)
         gradient(st, *_softmax_ce(st.z, yi[:, : st.w.shape[1]]))
 
     exact(st)
