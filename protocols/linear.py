@@ -46,6 +46,8 @@ COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) insid
 SPANS = (8, 4, 2, 1)
 BF16_MIN_ROWS = 16384
 PRECOND_ROWS = 16384  # rows that estimate the preconditioner's matrices (the objective always uses all)
+TRANSPOSED_COPY = True
+FORWARD_BLOCKS = 2  # row blocks of x in the bfloat16 forward product on a CPU (see ``Problem``)
 
 
 # --------------------------------------------------------------------------- the batched solver
@@ -56,11 +58,16 @@ class Problem:
     """B equally sized training sets with their preconditioner.
 
     Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1) the same
-    in bfloat16 for both products of a step (x W' and R x, neither with a transposed operand, which oneDNN
-    runs 6-9x slower for bfloat16), or None to multiply with x in float32;
-    y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16`` (None without ``fast``); spectrum the eigenvalues
-    (B, D) and eigenvectors (B, D, D) of the features' covariance (float64; ``precondition``), or None
-    where every fit is given one.
+    in bfloat16 for the forward product x W', or None to multiply with x in float32; fast_t (B, D', N) its
+    transpose, zero-padded to an even D' >= D+1, for the backward product x' R on a CPU (None: R x with
+    ``fast``); y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16`` (None without
+    ``fast``); spectrum the eigenvalues (B, D) and eigenvectors (B, D, D) of the features' covariance
+    (float64; ``precondition``), or None where every fit is given one.
+
+    Why two copies (measured on 48k x 785, 2 threads, one model): oneDNN's bfloat16 products on these skinny
+    shapes split their work badly over the threads. Giving each thread its own batch entry (row blocks of x
+    forward, the two halves of x' backward) took the forward from ~7.7 to ~5-6 ms and the backward from
+    ~10-11 to ~5 ms; a transposed operand instead of a copy runs 2-9x slower.
     """
 
     x: torch.Tensor
@@ -70,6 +77,7 @@ class Problem:
     mean: torch.Tensor
     spectrum: tuple[torch.Tensor, torch.Tensor] | None
     dither: torch.Tensor | None  # (N,) int32 in [0, 2^16): see ``dithered_bf16``
+    fast_t: torch.Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -80,27 +88,63 @@ class Problem:
         Shape: a (B, K, D+1) -> (B, K, N) contiguous."""
         if exact or self.fast is None:
             return a @ self.x.transpose(1, 2)
-        return (self.fast @ a.to(self.fast.dtype).transpose(1, 2)).float().transpose(1, 2).contiguous()
+        b, n, d1 = self.fast.shape
+        k = FORWARD_BLOCKS if self.fast.device.type == "cpu" and n % FORWARD_BLOCKS == 0 else 1
+        blocks = self.fast.reshape(b * k, n // k, d1) if b == 1 or self.fast.is_contiguous() else self.fast
+        wt = a.to(self.fast.dtype).transpose(1, 2)
+        wt = wt.expand(k, *wt.shape[1:]) if b == 1 else wt.repeat_interleave(blocks.shape[0] // b, 0)
+        out = (blocks @ wt).view(b, n, -1).transpose(1, 2)
+        return torch.empty(out.shape, device=out.device).copy_(out)
+
+    def residual_times_x(self, r: torch.Tensor) -> torch.Tensor:
+        """x' r' in float32, r rounded by ``dithered_bf16`` for a bfloat16 product. Shape: r (B, K, N) -> (B, D+1, K)."""
+        d1 = self.x.shape[2]
+        if self.fast is None:
+            return (r @ self.x).transpose(1, 2)
+        if self.fast_t is None:
+            return (dithered_bf16(r, self.dither) @ self.fast).float().transpose(1, 2)
+        b, dp, n = self.fast_t.shape
+        halves = self.fast_t.view(b * 2, dp // 2, n)
+        rt = dithered_bf16(r, self.dither, transpose=True)  # (B, N, K)
+        out = halves @ (rt.expand(2, *rt.shape[1:]) if b == 1 else rt.repeat_interleave(2, 0))  # (2B, D'/2, K)
+        return out.view(b, dp, -1)[:, :d1].float()
 
     @classmethod
     def build(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
               moments: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-              fast: torch.Tensor | None = None) -> Problem:
+              fast: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> Problem:
         """Shape: x (B, N, D+1) from ``with_bias``, y (B, N); ``moments`` = centred_moments(x) (the scatter
-        None: no spectrum) and ``fast`` = x.to(dtype) when the caller has them already."""
-        if fast is None and dtype != torch.float32:
-            fast = x.to(dtype)
+        None: no spectrum) and ``fast`` = low_precision(x, dtype) when the caller has them already."""
+        if fast is None:
+            fast = low_precision(x, dtype)
         mean, scatter = moments if moments is not None else centred_moments(x[..., :-1])
         spectrum = None
         if scatter is not None:
             vals, vecs = torch.linalg.eigh(scatter / x.shape[1])
             spectrum = (vals.clamp_min(0.0), vecs)  # round-off can leave a zero-variance direction at -eps
         dither = None
-        if fast is not None:
+        if fast[0] is not None:
             # Drawn once per problem, from its own seeded generator: fits are reproducible.
             gen = torch.Generator().manual_seed(0)
             dither = torch.randint(0, 1 << 16, (x.shape[1],), dtype=torch.int32, generator=gen).to(x.device)
-        return cls(x, fast, y, num_classes, mean.float(), spectrum, dither)
+        return cls(x, fast[0], y, num_classes, mean.float(), spectrum, dither, fast[1])
+
+
+def low_precision(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``Problem``'s (fast, fast_t) for x (B, N, D+1): (None, None) in float32; fast_t only on a CPU."""
+    if dtype == torch.float32:
+        return None, None
+    fast = x.to(dtype)
+    return fast, transposed(fast) if TRANSPOSED_COPY and x.device.type == "cpu" else None
+
+
+def transposed(fast: torch.Tensor) -> torch.Tensor:
+    """Shape: (B, N, D+1) -> (B, D', N) contiguous, D' = D+1 rounded up to even (a zero row added)."""
+    b, n, d1 = fast.shape
+    out = fast.new_empty((b, d1 + d1 % 2, n))
+    out[:, d1:].zero_()
+    out[:, :d1].copy_(fast.transpose(1, 2))
+    return out
 
 
 def with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +160,7 @@ def centred_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     n = x.shape[1]
     mean = x.float().mean(1).double()
-    xc = x[:, ::max(1, n // PRECOND_ROWS)] - mean[:, None].float()
+    xc = x[:, ::max(1, -(-n // PRECOND_ROWS))] - mean[:, None].float()
     return mean, (xc.transpose(1, 2) @ xc).double() * (n / max(1, xc.shape[1]))
 
 
@@ -133,28 +177,24 @@ def _softmax_ce(z: torch.Tensor, yi: torch.Tensor) -> tuple[torch.Tensor, torch.
     return ce, e, s
 
 
-def _residual_times_x(r: torch.Tensor, p: Problem) -> torch.Tensor:
-    """r @ x in float32. With a bfloat16 copy of x (only for N >= BF16_MIN_ROWS), r is rounded to
-    bfloat16 stochastically, with a fixed uniform dither per sample (``dithered_bf16``): round-to-nearest
-    would bias the gradient wherever residuals are alike across samples (early in a fit, under strong
-    regularisation), while dithered errors are independent across samples and average out over N rows,
-    as x's own rounding does (~2^-9 |r| |x| / sqrt(N) per entry: ~1e-8 at N = 48k, tolerance 1e-4).
-    Shape: r (B, K, N) -> (B, K, D+1).
-    """
-    if p.fast is None:
-        return r @ p.x
-    return (dithered_bf16(r, p.dither) @ p.fast).float()
-
-
-def dithered_bf16(r: torch.Tensor, dither: torch.Tensor) -> torch.Tensor:
+def dithered_bf16(r: torch.Tensor, dither: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """float32 -> bfloat16, rounding each magnitude up with probability equal to the dropped fraction.
 
+    The residuals of the backward product are rounded so (only with a bfloat16 copy of x, for N >=
+    BF16_MIN_ROWS): round-to-nearest would bias the gradient wherever residuals are alike across samples
+    (early in a fit, under strong regularisation), while these errors, with a fixed uniform dither per
+    sample, are independent across samples and average out over N rows, as x's own rounding does
+    (~2^-9 |r| |x| / sqrt(N) per entry: ~1e-8 at N = 48k, tolerance 1e-4).
     Adding a uniform integer in [0, 2^16) to the float's bit pattern and clearing the low 16 bits is
     stochastic rounding of the magnitude (the sign bit is untouched for finite values); the result is
-    exact in bfloat16. Shape: r (..., N) float32, dither (N,) int32 in [0, 2^16) -> (..., N) bfloat16.
+    exact in bfloat16. Shape: r (..., K, N) float32, dither (N,) int32 in [0, 2^16) -> (..., K, N) bfloat16,
+    or its transpose (..., N, K) (contiguous) with ``transpose``.
     """
-    bits = r.contiguous().view(torch.int32) + dither
-    return bits.bitwise_and_(-65536).view(torch.float32).to(torch.bfloat16)
+    bits = (r.contiguous().view(torch.int32) + dither).bitwise_and_(-65536).view(torch.float32)
+    if not transpose:
+        return bits.to(torch.bfloat16)
+    out = bits.transpose(-1, -2)
+    return torch.empty(out.shape, dtype=torch.bfloat16, device=out.device).copy_(out)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -165,7 +205,7 @@ class _State:
     """The models still being optimised: every tensor has the model batch (B, L) in front."""
 
     # A field still None (the preconditioner and the variables in u, before a model needs a step) stays None.
-    FIELDS = ("lam", "tol", "basis", "basis_t", "basis_inv", "u", "w", "z", "g", "gw", "f", "sq", "stalled")
+    FIELDS = ("lam", "tol", "scale", "u", "w", "z", "g", "gw", "f", "sq", "stalled")
 
     def __init__(self, **tensors):
         self.__dict__.update(tensors)
@@ -190,26 +230,30 @@ def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_it
 
 def precondition(spectrum: tuple[torch.Tensor, torch.Tensor], lam: torch.Tensor, num_classes: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """F and F^-1 with F F' = (G / C + lam * [W rows])^-1: the change of variables W = F u of ``fit``.
+    """(R, scale) with F = R diag(scale) and F F' = (G / C + lam * [W rows])^-1: the change of variables W = F u of ``fit``.
 
     G = blockdiag(cov(x), 1) is the second moment of the centred features [x - mean, 1], and G / C the
     Gauss-Newton curvature of the cross-entropy at W = 0 (the softmax's Hessian there is I/C - 11'/C^2:
     1/C in every direction but the redundant one).
-    From cov = V diag(s) V': F = blockdiag(V diag((s / C + lam)^-1/2), sqrt(C)), one scaling per lambda.
-    Shape: spectrum ((B, D), (B, D, D)), lam (B, L) -> two (B, L, D+1, D+1) float32.
+    From cov = V diag(s) V': R = blockdiag(V, 1), shared by every lambda, and scale = [(s / C + lam)^-1/2, sqrt(C)].
+    Shape: spectrum ((B, D), (B, D, D)), lam (B, L) -> R (B, D+1, D+1), scale (B, L, D+1, 1), float32.
     """
     vals, vecs = spectrum
     b, d = vals.shape
     c = float(num_classes)
     lam = lam.to(vals.device, torch.float64)
-    scale = (vals[:, None] / c + lam[..., None]).rsqrt()  # (B, L, D)
-    f = vecs.new_zeros(b, lam.shape[1], d + 1, d + 1)
-    f_inv = torch.zeros_like(f)
-    f[..., :d, :d] = vecs[:, None] * scale[..., None, :]
-    f_inv[..., :d, :d] = (vecs[:, None] / scale[..., None, :]).transpose(-1, -2)
-    f[..., d, d] = c ** 0.5
-    f_inv[..., d, d] = c ** -0.5
-    return f.float(), f_inv.float()
+    rot = vecs.new_zeros(b, d + 1, d + 1, dtype=torch.float32)
+    rot[:, :d, :d] = vecs
+    rot[:, d, d] = 1.0
+    scale = torch.cat([(vals[:, None] / c + lam[..., None]).rsqrt(), lam.new_full((*lam.shape, 1), c ** 0.5)], -1)
+    return rot, scale.float()[..., None]
+
+
+def _rotate(rot: torch.Tensor, t: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """R t (or R' t) for every model in one product. Shape: rot (B, D+1, D+1), t (B, L, D+1, C) -> (B, L, D+1, C)."""
+    b, live, d1, c = t.shape
+    out = (rot.transpose(1, 2) if transpose else rot) @ t.transpose(1, 2).reshape(b, d1, live * c)
+    return out.view(b, d1, live, c).transpose(1, 2)
 
 
 def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: int, tol, memory: int,
@@ -250,21 +294,22 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
         w0 = w0.to(dev, torch.float32).expand(b, n_models, d1, c)
         w = torch.cat([w0[:, :, :-1], w0[:, :, -1:] + mean @ w0[:, :, :-1]], 2)
     tol = torch.as_tensor(tol, dtype=torch.float32, device=dev).expand(b, n_models).clone()
-    st = _State(lam=lam, tol=tol, basis=None, basis_t=None, basis_inv=None, u=None, w=w, z=None, g=None, gw=None,
+    st = _State(lam=lam, tol=tol, scale=None, u=None, w=w, z=None, g=None, gw=None,
                 f=None, sq=None, stalled=torch.zeros(b, n_models, dtype=torch.bool, device=dev))
+    rot = None  # R of F = R diag(scale), shared by all models
 
     def variables(st: _State) -> None:  # F for the live models, and the weights and gradient in u
-        st.basis, st.basis_inv = precondition(spectrum, st.lam, c)
-        st.basis_t = st.basis.transpose(2, 3)
-        st.u = st.basis_inv @ st.w
+        nonlocal rot
+        rot, st.scale = precondition(spectrum, st.lam, c)
+        st.u = _rotate(rot, st.w, transpose=True) / st.scale
         if st.gw is not None:
-            st.g = st.basis_t @ st.gw
+            st.g = st.scale * _rotate(rot, st.gw, transpose=True)
 
     if w0 is not None and lam0 is not None and bool((lam0.to(dev) != lam).any()):
         variables(st)
         penalty_grad = torch.cat([w[:, :, :-1], torch.zeros_like(w[:, :, -1:])], 2)
-        st.u = st.u - (lam - lam0.to(dev))[..., None, None] * (st.basis_t @ penalty_grad)
-        st.w = w = st.basis @ st.u
+        st.u = st.u - (lam - lam0.to(dev, torch.float32))[..., None, None] * st.scale * _rotate(rot, penalty_grad, transpose=True)
+        st.w = w = _rotate(rot, st.scale * st.u)
     out_w = w.clone()
     info = {"iterations": torch.zeros(b, n_models, dtype=torch.long), "grad_max": torch.zeros(b, n_models),
             "objective": torch.zeros(b, n_models, dtype=torch.float64),
@@ -275,30 +320,48 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
         live = weights.shape[1]
         return p.times_x_t(weights.transpose(2, 3).reshape(b, live * c, d1), exact).view(b, live, c, n)
 
-    def gradient(st: _State, ce, e, s) -> None:
-        live = st.w.shape[1]
+    def gradient(st: _State, ce, e, s, sel: torch.Tensor | None = None) -> None:
+        """Objective and gradient of the live models from their softmax pieces; with ``sel`` (L,) bool,
+        of the selected models only, written into their places."""
+        w, lam = (st.w, st.lam) if sel is None else (st.w[:, sel], st.lam[:, sel])
+        live = w.shape[1]
         r = e.div_(s).scatter_add_(2, yi[:, :live], e.new_full((1, 1, 1, 1), -1.0).expand(b, live, 1, n))
-        gw = _residual_times_x(r.view(b, live * c, n), p).view(b, live, c, d1).transpose(2, 3) / n
+        gw = p.residual_times_x(r.view(b, live * c, n)).view(b, d1, live, c).permute(0, 2, 1, 3) / n
         gw = from_data_grad(gw)
-        st.sq = st.w[:, :, :-1].pow(2).sum((2, 3))
-        gw[:, :, :-1] += st.lam[..., None, None] * st.w[:, :, :-1]
-        st.gw = gw
-        st.f = ce / n + 0.5 * st.lam.double() * st.sq.double()
-        if st.basis is not None:
-            st.g = st.basis_t @ gw
+        sq = w[:, :, :-1].pow(2).sum((2, 3))
+        gw[:, :, :-1] += lam[..., None, None] * w[:, :, :-1]
+        f = ce / n + 0.5 * lam.double() * sq.double()
+        g = None
+        if st.scale is not None:
+            g = (st.scale if sel is None else st.scale[:, sel]) * _rotate(rot, gw, transpose=True)
+        if sel is None:
+            st.gw, st.sq, st.f, st.g = gw, sq, f, g
+            return
+        st.gw[:, sel], st.sq[:, sel], st.f[:, sel] = gw, sq, f
+        if g is not None:
+            st.g[:, sel] = g
 
-    def exact(st: _State) -> None:
-        st.z = products(to_data(st.w), exact=True)
-        gradient(st, *_softmax_ce(st.z, yi[:, : st.w.shape[1]]))
+    def exact(st: _State, sel: torch.Tensor | None = None) -> None:
+        """Logits from the float32 product, for all live models or the ``sel`` ones (L,) bool."""
+        if sel is None:
+            st.z = products(to_data(st.w), exact=True)
+            gradient(st, *_softmax_ce(st.z, yi[:, : st.w.shape[1]]))
+            return
+        z = products(to_data(st.w[:, sel]), exact=True)
+        st.z[:, sel] = z
+        gradient(st, *_softmax_ce(z, yi[:, : z.shape[1]]), sel=sel)
 
-    exact(st)
+    if w0 is None:  # zero weights, zero logits: no product needed
+        st.z = p.x.new_zeros(b, n_models, c, n)
+        gradient(st, *_softmax_ce(st.z, yi))
+    else:
+        exact(st)
     since_exact = 0
     for it in range(1, max_iter + 2):
         grad_max = st.gw.abs().amax((2, 3))
         small = grad_max <= st.tol
         if small.any() and since_exact:
-            exact(st)  # confirm with exact logits before stopping anyone
-            since_exact = 0
+            exact(st, small.any(0))  # confirm with exact logits before stopping anyone (only those)
             grad_max = st.gw.abs().amax((2, 3))
             small = grad_max <= st.tol
         done = (small | st.stalled).all(0)  # a column leaves once finished in every problem
@@ -310,11 +373,11 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
                 break
             st.keep(~done)
             cols = cols[~done.cpu()]  # cols stays on the CPU beside ``info``; ``done`` lives on the device
-        if st.basis is None:
+        if st.scale is None:
             variables(st)
         live = st.w.shape[1]
         direction = _two_loop(st)
-        dw = st.basis @ direction
+        dw = _rotate(rot, st.scale * direction)
         xd = products(to_data(dw))
         slope = _dot(st.g, direction).double()
         wd = (st.w[:, :, :-1] * dw[:, :, :-1]).sum((2, 3)).double()
@@ -519,6 +582,22 @@ def mean_per_class_recall(pred: torch.Tensor, y: torch.Tensor, num_classes: int)
     return (hit[seen > 0] / seen[seen > 0]).mean().item() if len(y) else math.nan
 
 
+def rows_with_bias(x: torch.Tensor, rows: torch.Tensor, normalise: bool) -> torch.Tensor:
+    """``with_bias(prepare(x[rows], normalise))`` written into one buffer: two passes over the rows fewer
+    (~0.1 s against ~0.25 s on 60k x 784; the same bits). Shape: x (N, D), rows (M,) -> (M, D+1) float32."""
+    out = torch.empty(len(rows), x.shape[1] + 1, device=x.device)
+    out[:, -1] = 1.0
+    feats = out[:, :-1]
+    rows = rows.to(x.device)
+    if x.dtype == torch.float32:
+        torch.index_select(x, 0, rows, out=feats)
+    else:
+        feats.copy_(x.index_select(0, rows))
+    if normalise:  # as F.normalize: x / max(||x||, 1e-12)
+        feats.div_(torch.linalg.vector_norm(feats, dim=1, keepdim=True).clamp_min_(1e-12))
+    return out
+
+
 def prepare(x: torch.Tensor, normalise: bool) -> torch.Tensor:
     x = x.float()
     return F.normalize(x, dim=-1) if normalise else x
@@ -539,17 +618,23 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
     fit_idx, val_idx = split_train_val(train.y, val_fraction, seed)
     # Rows ordered [fit; val]: the refit set is the whole tensor, the sweep's set a view of its head.
     order = torch.cat([fit_idx, val_idx])
-    x = with_bias(prepare(train.x[order], normalise)).to(dev)[None]
+    x = rows_with_bias(train.x, order, normalise).to(dev)[None]
     y = train.y[order].to(dev)[None]
     n_fit = len(fit_idx)
-    # One low-precision copy serves both: the sweep's rows are its head.
-    x_fast = None if dtype == torch.float32 else x.to(dtype)
-    sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast=None if x_fast is None else x_fast[:, :n_fit])
+    # One set of low-precision copies serves both: the sweep's rows are their head.
+    fast = None if dtype == torch.float32 else x.to(dtype)
+    on_cpu = fast is not None and TRANSPOSED_COPY and dev.type == "cpu"
+    # The transposed copies must be contiguous (a strided view is copied by every product): one per part.
+    parts_t = [transposed(fast[:, :n_fit]), transposed(fast[:, n_fit:])] if on_cpu else [None, None]
+    head = (None if fast is None else fast[:, :n_fit], parts_t[0])
+    sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast=head)
     peak, w_sweep, log = sweep(sweep_problem, x[:, n_fit:, :-1], y[:, n_fit:], max_iter=max_iter, tol=tol)
     lam = float(GRID[peak[0]])
     spectrum = sweep_problem.spectrum
     del sweep_problem
-    full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), x_fast)
+    fast_t = torch.cat(parts_t, -1) if on_cpu else None
+    del parts_t
+    full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), (fast, fast_t))
     # The refit starts from the sweep's solution, on 25% more data: the sweep's covariance still preconditions.
     w, info = fit(full, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol, spectrum=spectrum)
     logits = predict_logits(w[0, 0], prepare(test.x, normalise).to(dev)).cpu()
