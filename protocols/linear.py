@@ -219,7 +219,7 @@ class _State:
 
 
 def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_iter: int = 500,
-        tol: float | torch.Tensor = 1e-4, memory: int = 30,
+        tol: float | torch.Tensor = 1e-4, memory: int = 60,
         spectrum: tuple[torch.Tensor, torch.Tensor] | None = None,
         lam0: torch.Tensor | None = None, refresh_every: int = 10) -> tuple[torch.Tensor, dict]:
     b, n, d1 = p.x.shape
