@@ -183,7 +183,9 @@ def test_fit_in_the_span_of_few_samples_is_the_full_solution(digits, lam):
     assert bool(info["converged"].all()) and bool(info_small["converged"].all())
     assert q.shape == (2, 64, 30)
     for b in range(2):
-        assert objective(mapped[b], x[b], y[b], lam) <= objective(full[b, 0], x[b], y[b], lam) + 1e-6
+        # Both stop at a gradient of 1e-5, which leaves objectives ~1e-6 apart (measured up to 2.2e-6 at lambda
+        # 1e-4); a wrong mapping from the span costs far more.
+        assert objective(mapped[b], x[b], y[b], lam) <= objective(full[b, 0], x[b], y[b], lam) + 1e-5
         agree = (lin.predict_logits(mapped[b], xt).argmax(1) == lin.predict_logits(full[b, 0], xt).argmax(1)).float().mean()
         assert agree >= 0.99
 
