@@ -13,7 +13,8 @@ covariance / C, from one eigendecomposition per problem, so every lambda costs o
 makes raw pixel features as easy as whitened ones. Every fine-search value starts from the log-lambda
 interpolation of the two fitted values around it, the refit from the sweep's solution, so only the 7
 coarse values are solved from zero. Where bfloat16 products are native and N is
-large, both products of a step read one bfloat16 copy of x (see ``Problem``, ``dithered_bf16``).
+large, the two products of a step read bfloat16 copies of x, each laid out for its product (see ``Problem``,
+``dithered_bf16``).
 
 Time (2 threads, Fashion-MNIST raw pixels, 48k fit / 12k val / refit on 60k; results/benchmarks/protocol-runs.md):
 the whole protocol in 3.9-5.7 s over seven runs (median 4.6 s) against 28.6-33.4 s for one fit of
@@ -58,9 +59,9 @@ class Problem:
     """B equally sized training sets with their preconditioner.
 
     Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1) the same
-    in bfloat16 for the forward product x W', or None to multiply with x in float32; fast_t (B, D', N) its
-    transpose, zero-padded to an even D' >= D+1, for the backward product x' R on a CPU (None: R x with
-    ``fast``); y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16`` (None without
+    in bfloat16 for the forward product x W', or None to multiply with x in float32; fast_t (B, D', n) the
+    transpose of its first n <= N rows, zero-padded to an even D' >= D+1, for the backward product x' R on a
+    CPU (the other rows, or all where None, as R x with ``fast``); y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16`` (None without
     ``fast``); spectrum the eigenvalues (B, D) and eigenvectors (B, D, D) of the features' covariance
     (float64; ``precondition``), or None where every fit is given one.
 
@@ -103,11 +104,15 @@ class Problem:
             return (r @ self.x).transpose(1, 2)
         if self.fast_t is None:
             return (dithered_bf16(r, self.dither) @ self.fast).float().transpose(1, 2)
-        b, dp, n = self.fast_t.shape
+        b, dp, n = self.fast_t.shape  # the first n rows; any others through ``fast``
         halves = self.fast_t.view(b * 2, dp // 2, n)
-        rt = dithered_bf16(r, self.dither, transpose=True)  # (B, N, K)
+        low = dithered_bf16(r, self.dither)
+        rt = low[..., :n].transpose(1, 2).contiguous()  # (B, n, K)
         out = halves @ (rt.expand(2, *rt.shape[1:]) if b == 1 else rt.repeat_interleave(2, 0))  # (2B, D'/2, K)
-        return out.view(b, dp, -1)[:, :d1].float()
+        out = out.view(b, dp, -1)[:, :d1].float()
+        if n < r.shape[-1]:
+            out += (low[..., n:] @ self.fast[:, n:]).float().transpose(1, 2)
+        return out
 
     @classmethod
     def build(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
@@ -177,7 +182,7 @@ def _softmax_ce(z: torch.Tensor, yi: torch.Tensor) -> tuple[torch.Tensor, torch.
     return ce, e, s
 
 
-def dithered_bf16(r: torch.Tensor, dither: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+def dithered_bf16(r: torch.Tensor, dither: torch.Tensor) -> torch.Tensor:
     """float32 -> bfloat16, rounding each magnitude up with probability equal to the dropped fraction.
 
     The residuals of the backward product are rounded so (only with a bfloat16 copy of x, for N >=
@@ -187,14 +192,10 @@ def dithered_bf16(r: torch.Tensor, dither: torch.Tensor, transpose: bool = False
     (~2^-9 |r| |x| / sqrt(N) per entry: ~1e-8 at N = 48k, tolerance 1e-4).
     Adding a uniform integer in [0, 2^16) to the float's bit pattern and clearing the low 16 bits is
     stochastic rounding of the magnitude (the sign bit is untouched for finite values); the result is
-    exact in bfloat16. Shape: r (..., K, N) float32, dither (N,) int32 in [0, 2^16) -> (..., K, N) bfloat16,
-    or its transpose (..., N, K) (contiguous) with ``transpose``.
+    exact in bfloat16. Shape: r (..., N) float32, dither (N,) int32 in [0, 2^16) -> (..., N) bfloat16.
     """
-    bits = (r.contiguous().view(torch.int32) + dither).bitwise_and_(-65536).view(torch.float32)
-    if not transpose:
-        return bits.to(torch.bfloat16)
-    out = bits.transpose(-1, -2)
-    return torch.empty(out.shape, dtype=torch.bfloat16, device=out.device).copy_(out)
+    bits = (r.contiguous().view(torch.int32) + dither).bitwise_and_(-65536)
+    return bits.view(torch.float32).to(torch.bfloat16)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -384,7 +385,7 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
         dd = dw[:, :, :-1].pow(2).sum((2, 3)).double()
         step = torch.ones_like(slope)
         for _ in range(40):
-            z_try = st.z + step.float()[..., None, None] * xd
+            z_try = torch.addcmul(st.z, step.float()[..., None, None], xd)
             ce, e, s = _softmax_ce(z_try, yi[:, :live])
             f_try = ce / n + 0.5 * st.lam.double() * (st.sq.double() + 2 * step * wd + step * step * dd)
             ok = f_try <= st.f + 1e-4 * step * slope
@@ -529,13 +530,14 @@ def sweep(p: Problem, val_x: torch.Tensor, val_y: torch.Tensor, *, max_iter: int
 def _start(fitted: dict[int, tuple[float, torch.Tensor]], idx: int) -> tuple[torch.Tensor, float]:
     """Warm start (W, lambda it was solved for) of grid value ``idx`` from the values fitted so far.
 
-    Inside the fitted range: W interpolated linearly in log lambda between the nearest fitted values on either
-    side, which CLIP_benchmark's search always has (the candidate p +- s lies between p and p +- 2s).
-    Measured on Fashion-MNIST pixels: 8 L-BFGS iterations from there against 53 from the nearer neighbour
-    moved by the Newton predictor, to the same objective (within 1e-5) and distance to the optimum. At
-    lambda ~1e-6 the tolerance cannot tell neighbours apart (the unmoved neighbour meets it at once, with an
-    objective 10% too high), so the start must already be close. At the grid's edge: the nearer side's solution,
-    to be moved by the predictor (see ``fit``).
+    Inside the fitted range: W interpolated in log lambda through the nearest fitted values on either side,
+    which CLIP_benchmark's search always has (the candidate p +- s lies between p and p +- 2s), and the next
+    nearest fitted value where there is one: a quadratic through the three. Measured on Fashion-MNIST pixels
+    (L-BFGS steps to the tolerance from there, the same objective within 3e-4): lambda = 2.15e-6 from 1e-6,
+    4.6e-6 and 2.15e-5, 7 steps against 25 from the straight line between the first two, and 4.6e-6 7 against 9
+    (53 from the nearer neighbour moved by the Newton predictor). At lambda ~1e-6 the tolerance cannot tell
+    neighbours apart (the unmoved neighbour meets it at once, with an objective 10% too high), so the start must
+    already be close. At the grid's edge: the nearer side's solution, to be moved by the predictor (see ``fit``).
     """
     if idx in fitted:
         return fitted[idx][1], float(GRID[idx])
@@ -544,8 +546,14 @@ def _start(fitted: dict[int, tuple[float, torch.Tensor]], idx: int) -> tuple[tor
     if below is None or above is None:
         side = below if above is None else above
         return fitted[side][1], float(GRID[side])
-    t = (idx - below) / (above - below)  # the grid is uniform in log lambda
-    return torch.lerp(fitted[below][1], fitted[above][1], t), float(GRID[idx])
+    nodes = [below, above]
+    others = sorted((j for j in fitted if j not in nodes), key=lambda j: abs(j - idx))
+    nodes += others[:1]
+    start = torch.zeros_like(fitted[below][1])
+    for j in nodes:  # Lagrange weights on the grid index, which is uniform in log lambda
+        weight = math.prod((idx - k) / (j - k) for k in nodes if k != j)
+        start.add_(fitted[j][1], alpha=weight)
+    return start, float(GRID[idx])
 
 
 def _val_top1(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -624,15 +632,15 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
     # One set of low-precision copies serves both: the sweep's rows are their head.
     fast = None if dtype == torch.float32 else x.to(dtype)
     on_cpu = fast is not None and TRANSPOSED_COPY and dev.type == "cpu"
-    # The transposed copies must be contiguous (a strided view is copied by every product): one per part.
-    parts_t = [transposed(fast[:, :n_fit]), transposed(fast[:, n_fit:])] if on_cpu else [None, None]
+    # The transposed copy must be contiguous (a strided view is copied by every product): the sweep's rows.
+    parts_t = [transposed(fast[:, :n_fit])] if on_cpu else [None]
     head = (None if fast is None else fast[:, :n_fit], parts_t[0])
     sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast=head)
     peak, w_sweep, log = sweep(sweep_problem, x[:, n_fit:, :-1], y[:, n_fit:], max_iter=max_iter, tol=tol)
     lam = float(GRID[peak[0]])
     spectrum = sweep_problem.spectrum
     del sweep_problem
-    fast_t = torch.cat(parts_t, -1) if on_cpu else None
+    fast_t = parts_t[0]  # the validation rows (a fifth) multiply through ``fast``: no transposed copy of them
     del parts_t
     full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), (fast, fast_t))
     # The refit starts from the sweep's solution, on 25% more data: the sweep's covariance still preconditions.

@@ -137,6 +137,23 @@ def test_bfloat16_products_reach_the_float32_optimum(digits):
         assert abs(accuracy(ws[torch.bfloat16][0, j], xt, yt) - accuracy(ws[torch.float32][0, j], xt, yt)) <= 0.006
 
 
+def test_bfloat16_products_match_float32_with_a_transposed_copy_of_some_rows(digits):
+    if lin.product_dtype(10**9, torch.device("cpu")) != torch.bfloat16:
+        pytest.skip("no native bfloat16 products on this CPU")
+    x, y = digits[0][:1000], digits[1][:1000]
+    xb = lin.with_bias(x)[None]
+    fast, whole_t = lin.low_precision(xb, torch.bfloat16)
+    r, a = torch.randn(1, 20, 1000, generator=torch.Generator().manual_seed(0)), torch.randn(1, 20, 65)
+    backward, forward = (r @ xb).transpose(1, 2), a @ xb.transpose(1, 2)
+    # The refit's layout: a transposed copy of the first 600 rows only, the rest through the row-major copy.
+    for fast_t in (whole_t, lin.transposed(fast[:, :600]), None):
+        p = lin.Problem.build(xb, y[None], 10, torch.bfloat16, fast=(fast, fast_t))
+        got = p.residual_times_x(r)
+        assert got.shape == backward.shape
+        assert (got - backward).abs().max() <= 0.01 * backward.abs().max()
+        assert (p.times_x_t(a) - forward).abs().max() <= 0.01 * forward.abs().max()
+
+
 def test_unnormalised_raw_pixels(digits):
     # Raw 0..255 pixels, no L2 normalisation: the preconditioner's matrices span a wide range
     # (regression: a bfloat16 scatter matrix was not positive definite and Cholesky failed).
