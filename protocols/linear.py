@@ -11,8 +11,8 @@ problems of equal size (few-shot draws), at once: one batched matrix product per
 them. The variables are preconditioned by the Gauss-Newton curvature at zero plus lambda (the features'
 covariance / C, from one eigendecomposition per problem, so every lambda costs only a scaling), which
 makes raw pixel features as easy as whitened ones. Every fine-search value starts from the log-lambda
-interpolation of the two fitted values around it, the refit from the sweep's solution, so only the 7
-coarse values are solved from zero. Where bfloat16 products are native and N is
+interpolation of the fitted values around it (``_start``), the refit from the sweep's solution, so only
+the 7 coarse values are solved from zero. Where bfloat16 products are native and N is
 large, the two products of a step read bfloat16 copies of x, each laid out for its product (see ``Problem``,
 ``dithered_bf16``).
 
@@ -52,7 +52,6 @@ COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) insid
 SPANS = (8, 4, 2, 1)
 BF16_MIN_ROWS = 16384
 PRECOND_ROWS = 16384  # rows that estimate the preconditioner's matrices (the objective always uses all)
-TRANSPOSED_COPY = True
 FORWARD_BLOCKS = 2  # row blocks of x in the bfloat16 forward product on a CPU (see ``Problem``)
 
 
@@ -66,9 +65,10 @@ class Problem:
     Shape: x (B, N, D+1) float32 features with a last column of ones (the bias); fast (B, N, D+1) the same
     in bfloat16 for the forward product x W', or None to multiply with x in float32; fast_t (B, D', n) the
     transpose of its first n <= N rows, zero-padded to an even D' >= D+1, for the backward product x' R on a
-    CPU (the other rows, or all where None, as R x with ``fast``); y (B, N); mean (B, D) the feature mean; dither (N,) for ``dithered_bf16`` (None without
-    ``fast``); spectrum the eigenvalues (B, D) and eigenvectors (B, D, D) of the features' covariance
-    (float64; ``precondition``), or None where every fit is given one.
+    CPU (the other rows, or all where None, as R x with ``fast``); y (B, N); mean (B, D) the feature mean;
+    dither (N,) for ``dithered_bf16`` (None without ``fast``); spectrum the eigenvalues (B, D) and
+    eigenvectors (B, D, D) of the features' covariance (float64; ``precondition``), or None where every fit
+    is given one.
 
     Why two copies (measured on 48k x 785, 2 threads, one model): oneDNN's bfloat16 products on these skinny
     shapes split their work badly over the threads. Giving each thread its own batch entry (row blocks of x
@@ -95,29 +95,29 @@ class Problem:
         if exact or self.fast is None:
             return a @ self.x.transpose(1, 2)
         b, n, d1 = self.fast.shape
-        k = FORWARD_BLOCKS if self.fast.device.type == "cpu" and n % FORWARD_BLOCKS == 0 else 1
-        blocks = self.fast.reshape(b * k, n // k, d1) if b == 1 or self.fast.is_contiguous() else self.fast
+        blocked = self.fast.device.type == "cpu" and n % FORWARD_BLOCKS == 0 and (b == 1 or self.fast.is_contiguous())
+        k = FORWARD_BLOCKS if blocked else 1  # row blocks as batch entries: a view, never a copy
         wt = a.to(self.fast.dtype).transpose(1, 2)
-        wt = wt.expand(k, *wt.shape[1:]) if b == 1 else wt.repeat_interleave(blocks.shape[0] // b, 0)
-        out = (blocks @ wt).view(b, n, -1).transpose(1, 2)
+        wt = wt.expand(k, *wt.shape[1:]) if b == 1 else wt.repeat_interleave(k, 0)
+        out = (self.fast.reshape(b * k, n // k, d1) @ wt).view(b, n, -1).transpose(1, 2)
         return torch.empty(out.shape, device=out.device).copy_(out)
 
     def residual_times_x(self, r: torch.Tensor) -> torch.Tensor:
         """x' r' in float32, r rounded by ``dithered_bf16`` for a bfloat16 product. Shape: r (B, K, N) -> (B, D+1, K)."""
-        d1 = self.x.shape[2]
         if self.fast is None:
             return (r @ self.x).transpose(1, 2)
-        if self.fast_t is None:
-            return (dithered_bf16(r, self.dither) @ self.fast).float().transpose(1, 2)
-        b, dp, n = self.fast_t.shape  # the first n rows; any others through ``fast``
-        halves = self.fast_t.view(b * 2, dp // 2, n)
         low = dithered_bf16(r, self.dither)
-        rt = low[..., :n].transpose(1, 2).contiguous()  # (B, n, K)
-        out = halves @ (rt.expand(2, *rt.shape[1:]) if b == 1 else rt.repeat_interleave(2, 0))  # (2B, D'/2, K)
-        out = out.view(b, dp, -1)[:, :d1].float()
+        n = 0 if self.fast_t is None else self.fast_t.shape[2]  # rows with a transposed copy: the first n
+        parts = []
+        if n:
+            b, dp = self.fast_t.shape[:2]
+            rt = low[..., :n].transpose(1, 2).contiguous()  # (B, n, K)
+            rt = rt.expand(2, *rt.shape[1:]) if b == 1 else rt.repeat_interleave(2, 0)
+            halves = self.fast_t.view(b * 2, dp // 2, n) @ rt  # (2B, D'/2, K)
+            parts.append(halves.view(b, dp, -1)[:, :self.x.shape[2]].float())
         if n < r.shape[-1]:
-            out += (low[..., n:] @ self.fast[:, n:]).float().transpose(1, 2)
-        return out
+            parts.append((low[..., n:] @ self.fast[:, n:]).float().transpose(1, 2))
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     @classmethod
     def build(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
@@ -145,7 +145,7 @@ def low_precision(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor | N
     if dtype == torch.float32:
         return None, None
     fast = x.to(dtype)
-    return fast, transposed(fast) if TRANSPOSED_COPY and x.device.type == "cpu" else None
+    return fast, transposed(fast) if x.device.type == "cpu" else None
 
 
 def transposed(fast: torch.Tensor) -> torch.Tensor:
@@ -634,19 +634,19 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
     x = rows_with_bias(train.x, order, normalise).to(dev)[None]
     y = train.y[order].to(dev)[None]
     n_fit = len(fit_idx)
-    # One set of low-precision copies serves both: the sweep's rows are their head.
-    fast = None if dtype == torch.float32 else x.to(dtype)
-    on_cpu = fast is not None and TRANSPOSED_COPY and dev.type == "cpu"
-    # The transposed copy must be contiguous (a strided view is copied by every product): the sweep's rows.
-    parts_t = [transposed(fast[:, :n_fit])] if on_cpu else [None]
-    head = (None if fast is None else fast[:, :n_fit], parts_t[0])
+    # One row-major low-precision copy serves both: the sweep's rows are its head. The transposed copy is of
+    # the sweep's rows alone (a strided view would be copied by every product); the refit's validation rows
+    # (a fifth) multiply through the row-major copy.
+    fast, fast_t = None, None
+    if dtype != torch.float32:
+        fast = x.to(dtype)
+        fast_t = transposed(fast[:, :n_fit]) if dev.type == "cpu" else None
+    head = (None if fast is None else fast[:, :n_fit], fast_t)
     sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast=head)
     peak, w_sweep, log = sweep(sweep_problem, x[:, n_fit:, :-1], y[:, n_fit:], max_iter=max_iter, tol=tol)
     lam = float(GRID[peak[0]])
     spectrum = sweep_problem.spectrum
     del sweep_problem
-    fast_t = parts_t[0]  # the validation rows (a fifth) multiply through ``fast``: no transposed copy of them
-    del parts_t
     full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), (fast, fast_t))
     # The refit starts from the sweep's solution, on 25% more data: the sweep's covariance still preconditions.
     w, info = fit(full, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol, spectrum=spectrum)
