@@ -53,6 +53,7 @@ SPANS = (8, 4, 2, 1)
 BF16_MIN_ROWS = 16384
 PRECOND_ROWS = 16384  # rows that estimate the preconditioner's matrices (the objective always uses all)
 FORWARD_BLOCKS = 2  # row blocks of x in the bfloat16 forward product on a CPU (see ``Problem``)
+BLOCK_ROWS = 32  # rows of a forward block: a multiple of this (see ``Problem``)
 
 
 # --------------------------------------------------------------------------- the batched solver
@@ -73,7 +74,9 @@ class Problem:
     Why two copies (measured on 48k x 785, 2 threads, one model): oneDNN's bfloat16 products on these skinny
     shapes split their work badly over the threads. Giving each thread its own batch entry (row blocks of x
     forward, the two halves of x' backward) took the forward from ~7.7 to ~5-6 ms and the backward from
-    ~10-11 to ~5 ms; a transposed operand instead of a copy runs 2-9x slower.
+    ~10-11 to ~5 ms; a transposed operand instead of a copy runs 2-9x slower. A row block whose row count is
+    not a multiple of 32 took twice as long (60k rows as 2 x 30000: ~9.5 ms; 2 x 29984: ~5.5 ms), hence blocks
+    of a multiple of BLOCK_ROWS rows and the last few rows in a product of their own.
     """
 
     x: torch.Tensor
@@ -95,12 +98,19 @@ class Problem:
         if exact or self.fast is None:
             return a @ self.x.transpose(1, 2)
         b, n, d1 = self.fast.shape
-        blocked = self.fast.device.type == "cpu" and n % FORWARD_BLOCKS == 0 and (b == 1 or self.fast.is_contiguous())
-        k = FORWARD_BLOCKS if blocked else 1  # row blocks as batch entries: a view, never a copy
         wt = a.to(self.fast.dtype).transpose(1, 2)
-        wt = wt.expand(k, *wt.shape[1:]) if b == 1 else wt.repeat_interleave(k, 0)
-        out = (self.fast.reshape(b * k, n // k, d1) @ wt).view(b, n, -1).transpose(1, 2)
-        return torch.empty(out.shape, device=out.device).copy_(out)
+        out = torch.empty(b, a.shape[1], n, device=a.device)
+        if self.fast.device.type != "cpu":
+            return out.copy_((self.fast @ wt).transpose(1, 2))
+        rows = n // (FORWARD_BLOCKS * BLOCK_ROWS) * BLOCK_ROWS  # per row block; the last n - head rows apart
+        head = FORWARD_BLOCKS * rows
+        for i in range(b):  # each problem's row blocks as the batch entries of one product: a view, never a copy
+            if rows:
+                blocks = self.fast[i, :head].view(FORWARD_BLOCKS, rows, d1) @ wt[i].expand(FORWARD_BLOCKS, d1, -1)
+                out[i, :, :head].copy_(blocks.view(head, -1).t())
+            if head < n:
+                out[i, :, head:].copy_((self.fast[i, head:] @ wt[i]).t())
+        return out
 
     def residual_times_x(self, r: torch.Tensor) -> torch.Tensor:
         """x' r' in float32, r rounded by ``dithered_bf16`` for a bfloat16 product. Shape: r (B, K, N) -> (B, D+1, K)."""
@@ -669,9 +679,11 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
     sweep_problem = Problem.build(x[:, :n_fit], y[:, :n_fit], c, dtype, fast=head)
     peak, w_sweep, log = sweep(sweep_problem, x[:, n_fit:, :-1], y[:, n_fit:], max_iter=max_iter, tol=tol)
     lam = float(GRID[peak[0]])
-    spectrum = sweep_problem.spectrum
+    spectrum, n_val = sweep_problem.spectrum, x.shape[1] - n_fit
+    # The refit's mean from the sweep's and the validation rows' (a pass over a fifth of x instead of all of it).
+    mean = (sweep_problem.mean.double() * n_fit + x[:, n_fit:, :-1].sum(1).double()) / x.shape[1]
     del sweep_problem
-    full = Problem.build(x, y, c, dtype, (x[..., :-1].float().mean(1).double(), None), (fast, fast_t))
+    full = Problem.build(x, y, c, dtype, (mean, None), (fast, fast_t))
     # The refit starts from the sweep's solution, on 25% more data: the sweep's covariance still preconditions.
     w, info = fit(full, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol, spectrum=spectrum)
     logits = predict_logits(w[0, 0], prepare(test.x, normalise).to(dev)).cpu()
@@ -683,7 +695,7 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
         "val_fraction": val_fraction, "refit": "train+val", "normalised": normalise, "solver": "L-BFGS",
         "matmul_dtype": str(dtype).removeprefix("torch."), "max_iter": max_iter, "tol": tol,
         "iterations": int(info["iterations"][0, 0]), "converged": bool(info["converged"][0, 0]),
-        "n_train": n_fit, "n_val": x.shape[1] - n_fit, "n_test": len(test), "num_classes": c, "seed": seed,
+        "n_train": n_fit, "n_val": n_val, "n_test": len(test), "num_classes": c, "seed": seed,
     }}
 
 
