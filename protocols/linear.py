@@ -157,24 +157,8 @@ def low_precision(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor | N
     """``Problem``'s (fast, fast_t) for x (B, N, D+1): (None, None) in float32; fast_t only on a CPU."""
     if dtype == torch.float32:
         return None, None
-    fast = converted(x, dtype)
+    fast = x.to(dtype)
     return fast, transposed(fast) if x.device.type == "cpu" else None
-
-
-def huge_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.empty``, but on a CPU in memory from numpy, which asks Linux for transparent huge pages on large
-    arrays (madvise; torch's allocator does so only with THP_MEM_ALLOC_ENABLE set before it starts). These
-    buffers are written once, and their first touch was a large part of the set-up in 4 KB pages (measured,
-    60k x 785: the float32 rows 98 -> 67 ms, their bfloat16 copy 37 -> 24 ms)."""
-    if torch.device(device).type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    size = torch.empty((), dtype=dtype).element_size()
-    return torch.from_numpy(np.empty(shape, dtype=np.dtype(f"i{size}"))).view(dtype)
-
-
-def converted(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x.to(dtype)`` into a ``huge_empty`` buffer."""
-    return huge_empty(x.shape, dtype, x.device).copy_(x)
 
 
 def transposed(fast: torch.Tensor) -> torch.Tensor:
@@ -182,7 +166,7 @@ def transposed(fast: torch.Tensor) -> torch.Tensor:
     One 2-D copy per problem: torch's blocked transpose serves only 2-D copies (measured, 48k x 785 bfloat16:
     ~90 ms against ~125 ms for one strided 3-D copy)."""
     b, n, d1 = fast.shape
-    out = huge_empty((b, d1 + d1 % 2, n), fast.dtype, fast.device)
+    out = fast.new_empty((b, d1 + d1 % 2, n))
     out[:, d1:].zero_()
     for i in range(b):
         out[i, :d1].copy_(fast[i].t())
@@ -638,7 +622,7 @@ def mean_per_class_recall(pred: torch.Tensor, y: torch.Tensor, num_classes: int)
 def rows_with_bias(x: torch.Tensor, rows: torch.Tensor, normalise: bool) -> torch.Tensor:
     """``with_bias(prepare(x[rows], normalise))`` written into one buffer: two passes over the rows fewer
     (~0.1 s against ~0.25 s on 60k x 784; the same bits). Shape: x (N, D), rows (M,) -> (M, D+1) float32."""
-    out = huge_empty((len(rows), x.shape[1] + 1), torch.float32, x.device)
+    out = torch.empty(len(rows), x.shape[1] + 1, device=x.device)
     out[:, -1] = 1.0
     feats = out[:, :-1]
     rows = rows.to(x.device)
@@ -677,7 +661,7 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, val_fraction: fl
     # One row-major low-precision copy serves both: the sweep's rows are its head. The transposed copy is of
     # the sweep's rows alone (a strided view would be copied by every product); the refit's validation rows
     # (a fifth) multiply through the row-major copy.
-    fast = None if dtype == torch.float32 else converted(x, dtype)
+    fast = None if dtype == torch.float32 else x.to(dtype)
     head = None if fast is None else fast[:, :n_fit]
     with ThreadPoolExecutor(1) as pool:
         # torch's transpose runs on one thread: the copy is made on the other core while the moments and their
