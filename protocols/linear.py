@@ -243,7 +243,7 @@ class _State:
 def fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None = None, *, max_iter: int = 500,
         tol: float | torch.Tensor = 1e-4, memory: int = 60,
         spectrum: tuple[torch.Tensor, torch.Tensor] | None = None,
-        lam0: torch.Tensor | None = None, refresh_every: int = 10) -> tuple[torch.Tensor, dict]:
+        lam0: torch.Tensor | None = None, refresh_every: int = 20) -> tuple[torch.Tensor, dict]:
     b, n, d1 = p.x.shape
     with threads_for(b * n * max(d1, lam.shape[1] * p.num_classes), p.x.device):
         return _fit(p, lam, w0, max_iter=max_iter, tol=tol, memory=memory, spectrum=spectrum, lam0=lam0,
@@ -289,7 +289,8 @@ def _fit(p: Problem, lam: torch.Tensor, w0: torch.Tensor | None, *, max_iter: in
     Hessian in u starts at the identity, so the unit step is the natural first try (Armijo backtracking
     per model). F is made only once a model needs a step (a warm start often meets the tolerance at once).
     Logits move along the search line as z + t * (x d), so a trial step costs no product with x; they are
-    recomputed exactly in float32 every ``refresh_every`` steps and before a model is declared converged
+    recomputed exactly in float32 every ``refresh_every`` steps (20: over 15 runs of the protocol, 2 fewer
+    steps and 2.7 fewer exact products a run than with 10; 30 took more steps) and before a model is declared converged
     (max |dF/dW| <= tol on W and bias; ``tol`` a number or one per model (B, L)).
     ``w0`` solved for ``lam0`` is first moved along the solution path, W - (lam - lam0) H^-1 [W; 0] with
     H^-1 ~ F F' (a Newton predictor): the start then differs from the neighbour's solution by what the
