@@ -3,7 +3,8 @@
 Targets (issue 6):
 - kNN (k=20, T=0.07, cosine, weighted vote): at or under faiss-cpu's exact search time, identical accuracy;
 - linear probe (the default protocol: 15-value sweep on a validation split + refit): >= 10x faster than
-  scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200) at equal or better test accuracy;
+  scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200) at equal or better test accuracy (repbench's time
+  the mean of LINEAR_ROUNDS calls, each call's time in the results);
 - K-Means (K=10, one restart, fit on the 10k test split, 5 seeds): within 2x faiss's time, NMI >= scikit-learn's.
 
 Each reference runs in a fresh subprocess of the same pytest run, right before repbench's turn, with
@@ -42,6 +43,7 @@ from protocols.knn import class_votes, search, true_class_rank  # noqa: E402
 
 THREADS = 2
 SEEDS = range(5)
+LINEAR_ROUNDS = 5
 ROWS: dict[str, dict] = {}
 STRICT = os.environ.get("REPBENCH_BENCH_STRICT") == "1"
 COMMAND = ("REPBENCH_BENCH_OUT=results/benchmarks pytest benchmarks/test_protocols_bench.py --benchmark-only -s "
@@ -161,8 +163,17 @@ def test_knn_vs_faiss(benchmark, fmnist):
 def test_linear_vs_sklearn(benchmark, fmnist):
     x, y, xt, yt = fmnist
     ref = isolated("sklearn_linear")
-    out, t_ours = timed(lambda: benchmark.pedantic(
-        lambda: PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt)), rounds=1, iterations=1))
+    rounds = []
+
+    def once():
+        out, seconds = timed(lambda: PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt)))
+        rounds.append(seconds)
+        return out
+
+    # The mean of LINEAR_ROUNDS calls (the same result each time) against scikit-learn's one 30-s fit: both are
+    # averages over ~15-30 s of this host's fluctuating speed, where one 3-s call alone was 2.7-3.7 s.
+    out = benchmark.pedantic(once, rounds=LINEAR_ROUNDS, iterations=1)
+    t_ours = sum(rounds) / len(rounds)
     entry = out["linear"]
     single, t_single = timed(lambda: single_fit(x, y, xt, yt))
     record(benchmark, "linear", "linear probe (default: CLIP_benchmark sweep on a val split + refit)",
@@ -170,8 +181,10 @@ def test_linear_vs_sklearn(benchmark, fmnist):
            "top1", target="time ratio <= 0.1, accuracy >= reference",
            met=t_ours * 10 <= ref["seconds"] and entry["top1"] >= ref["top1"],
            extra={**{k: entry[k] for k in ("regularisation", "fits", "iterations", "converged", "matmul_dtype")},
+                  "repbench_rounds_s": [round(t, 3) for t in rounds],
                   "single_fit_s": round(t_single, 3), "single_fit_top1": round(single["top1"], 4),
                   "single_fit_iterations": single["iterations"]})
+    print("linear, each call (s):", ", ".join(f"{t:.2f}" for t in rounds))
     assert entry["top1"] >= ref["top1"]
     assert not STRICT or t_ours * 10 <= ref["seconds"]
 
@@ -266,6 +279,9 @@ def _write_results():
         lines.append(f"| {key}: {r['what']} | {r['repbench_s']} | {r['reference']} | {r['reference_s']} | "
                      f"{r['time_ratio']} | {metric} {r['repbench_' + metric]} | {r['reference_' + metric]} | "
                      f"{r['target']} | {'yes' if r['met'] else 'no'} |")
+        if "repbench_rounds_s" in r:
+            lines.append(f"| {key}: repbench's {len(r['repbench_rounds_s'])} calls (s) | "
+                         f"{', '.join(map(str, r['repbench_rounds_s']))} | | | | | | | |")
         if "single_fit_s" in r:
             lines.append(f"| {key}: one fit of sklearn's problem (raw pixels, C=1, tol 1e-4, "
                          f"{r['single_fit_iterations']} iterations) | {r['single_fit_s']} | same | {r['reference_s']} | "
