@@ -17,18 +17,26 @@ large, the two products of a step read bfloat16 copies of x, each laid out for i
 ``dithered_bf16``).
 
 Time (2 threads, Fashion-MNIST raw pixels, 48k fit / 12k val / refit on 60k; results/benchmarks/protocol-runs.md):
-the whole protocol in 2.83-3.32 s over seven runs against 29.1-32.3 s for one fit of scikit-learn's
-LogisticRegression(lbfgs, C=1, max_iter=200), ratio 0.096-0.103 (median 0.0997), at 84.86% against 84.46% test
-top-1. A step on 48k rows costs ~17-20 ms, ~11 of them the two bfloat16 products (DRAM-bound on the two 75 MB
-copies). The smallest coarse value, lambda = 1e-6, is a nearly separable problem with a slow tail: 38-61 L-BFGS
-steps over split seeds 0-4 (round-off decides), most of the protocol's time. Tried for that tail and dropped:
-Kronecker factors eigen-corrected at the solution (61 steps instead of 70, for 0.5 s of set-up), sub-sampled
-Newton-CG (4x fewer passes over x, but 300-450 CG steps), continuation over growing subsets (a sixth fewer passes),
-the two smallest coarse values solved one after another from extrapolated starts (fewer steps each, but no longer
-sharing the passes: slower), a Newton line search along each direction (no fewer steps), the compact L-BFGS form
-(no faster than the two-loop here), oneDNN's prepacked layouts (2 ms a product while x sits in L3, ~5.5 ms from
-DRAM: no faster in the loop), L-BFGS memory carried between fits (no faster), and 8k rows for the preconditioner
-(more steps).
+the whole protocol in 2.56-2.91 s (each run's mean of 5 calls; single calls 2.28-3.73 s) over five runs against
+29.4-33.3 s for one fit of scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200), ratio 0.085-0.096 (median
+0.090), at 84.86% against 84.46% test top-1. Set-up (split, copies, moments, eigh) takes ~0.4 s of that. A step
+on 48k rows costs ~17-20 ms, ~9-11 of them the two bfloat16 products (DRAM-bound on the two 75 MB copies), and an
+exact float32 product ~14 ms. Over split seeds 0-4 and three dither seeds a run takes 75 L-BFGS steps on
+average, and about two thirds are the coarse fit. There the smallest value, lambda = 1e-6, is a nearly separable
+problem with a slow tail: its gradient's max-norm hovers around the tolerance while the objective still falls, so
+round-off decides when it stops. Tried for that tail and dropped:
+- Kronecker factors eigen-corrected at the solution: 61 steps instead of 70, for 0.5 s of set-up.
+- Sub-sampled Newton-CG: 4x fewer passes over x, but 300-450 CG steps.
+- Continuation over growing subsets: a sixth fewer passes.
+- The two smallest coarse values solved one after another from extrapolated starts: fewer steps each, but they
+  no longer share the passes, so slower.
+- A Newton line search along each direction: no fewer steps.
+- The compact L-BFGS form: no faster than the two-loop here.
+- oneDNN's prepacked layouts: 2 ms a product while x sits in L3, ~5.5 ms from DRAM, so no faster in the loop.
+- L-BFGS memory carried between fits: no faster. The sweep's pairs for its lambda carried into the refit: the
+  chosen value's fit usually took no step (so had no pairs), and where it had some the refit took 11 steps, not 8.
+- 8k rows for the preconditioner (more steps), and 24k or all 48k (no fewer).
+- Transparent huge pages for the set-up copies: faster alone, but 2-3x slower right after other buffers were freed.
 
 ``linear_probe_paper`` is the other protocol: SGD through the frozen backbone with augmentation,
 following MoCo's ``main_lincls.py`` and MAE's ``main_linprobe.py``; it needs a model and images,
