@@ -5,7 +5,8 @@ Targets (issue 6):
 - linear probe (the default protocol: 15-value sweep on a validation split + refit): >= 10x faster than
   scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200) at equal or better test accuracy (repbench's time
   the mean of LINEAR_ROUNDS calls, each call's time in the results);
-- K-Means (K=10, one restart, fit on the 10k test split, 5 seeds): within 2x faiss's time, NMI >= scikit-learn's.
+- K-Means (K=10, one restart, fit on the 10k test split, 5 seeds): within 2x faiss's time, NMI >= scikit-learn's
+  (every contestant's time the mean of KMEANS_ROUNDS passes over the seeds: one ~0.6-s pass varied 0.6-1.2 s).
 
 Each reference runs in a fresh subprocess of the same pytest run, right before repbench's turn, with
 the same 2 threads: faiss-cpu bundles its own OpenMP runtime, whose idle workers spin on the 2 cores
@@ -44,6 +45,7 @@ from protocols.knn import class_votes, search, true_class_rank  # noqa: E402
 THREADS = 2
 SEEDS = range(5)
 LINEAR_ROUNDS = 5
+KMEANS_ROUNDS = 3  # every K-Means contestant: the mean of 3 passes over the 5 seeds (~0.6 s each)
 ROWS: dict[str, dict] = {}
 STRICT = os.environ.get("REPBENCH_BENCH_STRICT") == "1"
 COMMAND = ("REPBENCH_BENCH_OUT=results/benchmarks pytest benchmarks/test_protocols_bench.py --benchmark-only -s "
@@ -74,6 +76,15 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
+
+
+def mean_time(fn, rounds: int):
+    """(the last call's output, the mean seconds of ``rounds`` calls, each call's seconds)."""
+    times = []
+    for _ in range(rounds):
+        out, seconds = timed(fn)
+        times.append(round(seconds, 3))
+    return out, sum(times) / rounds, times
 
 
 def knn_top1(score, index, train_y, test_y, k=20, t=0.07):
@@ -112,13 +123,17 @@ def reference_faiss_kmeans(x, y, xt, yt):
 
     faiss.omp_set_num_threads(THREADS)
     xn = torch.nn.functional.normalize(xt, dim=1).numpy()
-    labels, t = [], time.perf_counter()
-    for s in SEEDS:
-        km = faiss.Kmeans(xn.shape[1], 10, seed=1234 + s)
-        km.train(xn)
-        labels.append(km.index.search(xn, 1)[1][:, 0])
-    seconds = time.perf_counter() - t
-    return {"seconds": seconds, "nmi": float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))}
+
+    def five_seeds():
+        labels = []
+        for s in SEEDS:
+            km = faiss.Kmeans(xn.shape[1], 10, seed=1234 + s)
+            km.train(xn)
+            labels.append(km.index.search(xn, 1)[1][:, 0])
+        return labels
+
+    labels, seconds, times = mean_time(five_seeds, KMEANS_ROUNDS)
+    return {"seconds": seconds, "rounds_s": times, "nmi": float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))}
 
 
 def reference_sklearn_kmeans(x, y, xt, yt):
@@ -126,9 +141,8 @@ def reference_sklearn_kmeans(x, y, xt, yt):
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
     xn = torch.nn.functional.normalize(xt, dim=1).numpy()
-    t = time.perf_counter()
-    labels = [KMeans(10, n_init=1, random_state=s).fit(xn).labels_ for s in SEEDS]
-    seconds = time.perf_counter() - t
+    labels, seconds, _ = mean_time(lambda: [KMeans(10, n_init=1, random_state=s).fit(xn).labels_ for s in SEEDS],
+                                   KMEANS_ROUNDS)
     return {"seconds": seconds, "nmi": float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))}
 
 
@@ -205,13 +219,21 @@ def test_kmeans_vs_faiss_and_sklearn(benchmark, fmnist):
     _, _, xt, yt = fmnist
     xn = torch.nn.functional.normalize(xt, dim=1)
     ref, sk = isolated("faiss_kmeans"), isolated("sklearn_kmeans")
-    labels, t_ours = timed(lambda: benchmark.pedantic(
-        lambda: [fit_predict(xn, xn, 10, n_init=1, seeds=(s,))[0][0].numpy() for s in SEEDS], rounds=1, iterations=1))
+    rounds = []
+
+    def once():
+        labels, seconds = timed(lambda: [fit_predict(xn, xn, 10, n_init=1, seeds=(s,))[0][0].numpy() for s in SEEDS])
+        rounds.append(seconds)
+        return labels
+
+    labels = benchmark.pedantic(once, rounds=KMEANS_ROUNDS, iterations=1)
+    t_ours = sum(rounds) / len(rounds)
     ours = float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))
     record(benchmark, "kmeans", "K-Means K=10, n_init=1, fit on the 10k test split, 5 seeds", "faiss Kmeans (defaults)",
            t_ours, ref["seconds"], ours, ref["nmi"], "nmi", target="time <= 2x faiss, NMI >= sklearn's",
            met=t_ours <= 2 * ref["seconds"] and ours >= sk["nmi"],
-           extra={"sklearn_s": round(sk["seconds"], 3), "sklearn_nmi": round(sk["nmi"], 4)})
+           extra={"sklearn_s": round(sk["seconds"], 3), "sklearn_nmi": round(sk["nmi"], 4),
+                  "repbench_rounds_s": [round(t, 3) for t in rounds], "reference_rounds_s": ref["rounds_s"]})
     assert ours >= sk["nmi"] - 0.02  # mean of 5 seeds; a single seed's NMI varies by ~0.02
     assert not STRICT or (t_ours <= 2 * ref["seconds"] and ours >= sk["nmi"])
 
@@ -280,8 +302,9 @@ def _write_results():
                      f"{r['time_ratio']} | {metric} {r['repbench_' + metric]} | {r['reference_' + metric]} | "
                      f"{r['target']} | {'yes' if r['met'] else 'no'} |")
         if "repbench_rounds_s" in r:
-            lines.append(f"| {key}: repbench's {len(r['repbench_rounds_s'])} calls (s) | "
-                         f"{', '.join(map(str, r['repbench_rounds_s']))} | | | | | | | |")
+            lines.append(f"| {key}: each of the {len(r['repbench_rounds_s'])} timed calls (s) | "
+                         f"{', '.join(map(str, r['repbench_rounds_s']))} | | "
+                         f"{', '.join(map(str, r.get('reference_rounds_s', [])))} | | | | | |")
         if "single_fit_s" in r:
             lines.append(f"| {key}: one fit of sklearn's problem (raw pixels, C=1, tol 1e-4, "
                          f"{r['single_fit_iterations']} iterations) | {r['single_fit_s']} | same | {r['reference_s']} | "
