@@ -17,14 +17,15 @@ large, the two products of a step read bfloat16 copies of x, each laid out for i
 ``dithered_bf16``).
 
 Time (2 threads, Fashion-MNIST raw pixels, 48k fit / 12k val / refit on 60k; results/benchmarks/protocol-runs.md):
-the whole protocol in 2.56-2.91 s (each run's mean of 5 calls; single calls 2.28-3.73 s) over five runs against
-29.4-33.3 s for one fit of scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200), ratio 0.085-0.096 (median
-0.090), at 84.86% against 84.46% test top-1. Set-up (split, copies, moments, eigh) takes ~0.4 s of that. A step
-on 48k rows costs ~17-20 ms, ~9-11 of them the two bfloat16 products (DRAM-bound on the two 75 MB copies), and an
-exact float32 product ~14 ms. Over split seeds 0-4 and three dither seeds a run takes 75 L-BFGS steps on
-average, and about two thirds are the coarse fit. There the smallest value, lambda = 1e-6, is a nearly separable
-problem with a slow tail: its gradient's max-norm hovers around the tolerance while the objective still falls, so
-round-off decides when it stops. Tried for that tail and dropped:
+the whole protocol in 1.82-2.62 s (each run's mean of 5 calls; single calls 1.76-2.75 s) over five runs against
+26.2-30.2 s for one fit of scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200), ratio 0.069-0.087 (median
+0.077; 0.085-0.096 in five runs an hour earlier, on a slower host), at 84.86% against 84.46% test top-1. Set-up
+(split, copies, moments, eigh) takes ~0.4 s of that. A step on 48k rows costs ~17-20 ms, ~9-11 of them the two
+bfloat16 products (DRAM-bound on the two 75 MB copies), and an exact float32 product ~14 ms. Over split seeds 0-4
+and three dither seeds a run takes 75 L-BFGS steps on average, and about two thirds are the coarse fit. There the
+smallest value, lambda = 1e-6, is a nearly separable problem with a slow tail: its gradient's max-norm hovers
+around the tolerance while the objective still falls, so round-off decides when it stops. Tried for that tail
+and dropped:
 - Kronecker factors eigen-corrected at the solution: 61 steps instead of 70, for 0.5 s of set-up.
 - Sub-sampled Newton-CG: 4x fewer passes over x, but 300-450 CG steps.
 - Continuation over growing subsets: a sixth fewer passes.
