@@ -83,8 +83,8 @@ def mean_time(fn, rounds: int):
     times = []
     for _ in range(rounds):
         out, seconds = timed(fn)
-        times.append(round(seconds, 3))
-    return out, sum(times) / rounds, times
+        times.append(seconds)
+    return out, sum(times) / rounds, [round(t, 3) for t in times]
 
 
 def knn_top1(score, index, train_y, test_y, k=20, t=0.07):
