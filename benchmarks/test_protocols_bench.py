@@ -78,12 +78,21 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def mean_time(fn, rounds: int):
-    """(the last call's output, the mean seconds of ``rounds`` calls, each call's seconds)."""
+def mean_time(fn, rounds: int, benchmark=None):
+    """(the last call's output, the mean seconds of ``rounds`` calls, each call's seconds), the calls made by
+    pytest-benchmark's ``pedantic`` when given its fixture."""
     times = []
-    for _ in range(rounds):
+
+    def once():
         out, seconds = timed(fn)
         times.append(seconds)
+        return out
+
+    if benchmark is None:
+        for _ in range(rounds):
+            out = once()
+    else:
+        out = benchmark.pedantic(once, rounds=rounds, iterations=1)
     return out, sum(times) / rounds, [round(t, 3) for t in times]
 
 
@@ -177,17 +186,10 @@ def test_knn_vs_faiss(benchmark, fmnist):
 def test_linear_vs_sklearn(benchmark, fmnist):
     x, y, xt, yt = fmnist
     ref = isolated("sklearn_linear")
-    rounds = []
-
-    def once():
-        out, seconds = timed(lambda: PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt)))
-        rounds.append(seconds)
-        return out
-
     # The mean of LINEAR_ROUNDS calls (the same result each time) against scikit-learn's one 30-s fit: both are
     # averages over ~15-30 s of this host's fluctuating speed, where one 3-s call alone was 2.7-3.7 s.
-    out = benchmark.pedantic(once, rounds=LINEAR_ROUNDS, iterations=1)
-    t_ours = sum(rounds) / len(rounds)
+    out, t_ours, rounds = mean_time(lambda: PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt)),
+                                    LINEAR_ROUNDS, benchmark)
     entry = out["linear"]
     single, t_single = timed(lambda: single_fit(x, y, xt, yt))
     record(benchmark, "linear", "linear probe (default: CLIP_benchmark sweep on a val split + refit)",
@@ -195,7 +197,7 @@ def test_linear_vs_sklearn(benchmark, fmnist):
            "top1", target="time ratio <= 0.1, accuracy >= reference",
            met=t_ours * 10 <= ref["seconds"] and entry["top1"] >= ref["top1"],
            extra={**{k: entry[k] for k in ("regularisation", "fits", "iterations", "converged", "matmul_dtype")},
-                  "repbench_rounds_s": [round(t, 3) for t in rounds],
+                  "repbench_rounds_s": rounds,
                   "single_fit_s": round(t_single, 3), "single_fit_top1": round(single["top1"], 4),
                   "single_fit_iterations": single["iterations"]})
     print("linear, each call (s):", ", ".join(f"{t:.2f}" for t in rounds))
@@ -219,21 +221,14 @@ def test_kmeans_vs_faiss_and_sklearn(benchmark, fmnist):
     _, _, xt, yt = fmnist
     xn = torch.nn.functional.normalize(xt, dim=1)
     ref, sk = isolated("faiss_kmeans"), isolated("sklearn_kmeans")
-    rounds = []
-
-    def once():
-        labels, seconds = timed(lambda: [fit_predict(xn, xn, 10, n_init=1, seeds=(s,))[0][0].numpy() for s in SEEDS])
-        rounds.append(seconds)
-        return labels
-
-    labels = benchmark.pedantic(once, rounds=KMEANS_ROUNDS, iterations=1)
-    t_ours = sum(rounds) / len(rounds)
+    labels, t_ours, rounds = mean_time(
+        lambda: [fit_predict(xn, xn, 10, n_init=1, seeds=(s,))[0][0].numpy() for s in SEEDS], KMEANS_ROUNDS, benchmark)
     ours = float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))
     record(benchmark, "kmeans", "K-Means K=10, n_init=1, fit on the 10k test split, 5 seeds", "faiss Kmeans (defaults)",
            t_ours, ref["seconds"], ours, ref["nmi"], "nmi", target="time <= 2x faiss, NMI >= sklearn's",
            met=t_ours <= 2 * ref["seconds"] and ours >= sk["nmi"],
            extra={"sklearn_s": round(sk["seconds"], 3), "sklearn_nmi": round(sk["nmi"], 4),
-                  "repbench_rounds_s": [round(t, 3) for t in rounds], "reference_rounds_s": ref["rounds_s"]})
+                  "repbench_rounds_s": rounds, "reference_rounds_s": ref["rounds_s"]})
     assert ours >= sk["nmi"] - 0.02  # mean of 5 seeds; a single seed's NMI varies by ~0.02
     assert not STRICT or (t_ours <= 2 * ref["seconds"] and ours >= sk["nmi"])
 
