@@ -10,31 +10,12 @@ slices and resizes image by image).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """One augmented view; SimCLR's recipe by default (Chen et al. 2020, App. A).
-
-    ``strength`` scales the colour jitter (SimCLR's s). ``size`` None keeps the dataset's size.
-    Colour-only operations (saturation, hue, grayscale) are skipped on single-channel images.
-    """
-
-    size: int | None = None
-    scale: tuple[float, float] = (0.2, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    strength: float = 0.5
-    gray_p: float = 0.2
-    blur_p: float = 0.0
-    solarize_p: float = 0.0
+from methods.spec import ViewConfig
 
 
 class BatchedResizedCrop(nn.Module):
@@ -83,6 +64,14 @@ def build_pipeline(view: ViewConfig, channels: int, image_size: int) -> nn.Modul
     return nn.Sequential(*ops)
 
 
+def normalise(images_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> float (x / 255 - mean) / std per channel, on the images' device: the one
+    normalisation of training views, probes, features and pictures."""
+    m = torch.tensor(mean, device=images_u8.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images_u8.device).view(1, -1, 1, 1)
+    return (images_u8.float().div_(255) - m) / s
+
+
 class Augmenter:
     """Turns a uint8 batch (N, C, H, W) into normalised float views, one pipeline per view."""
 
@@ -93,13 +82,10 @@ class Augmenter:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
-    def to_float(self, images_u8: torch.Tensor) -> torch.Tensor:
-        return images_u8.float().div_(255)
-
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor) -> list[torch.Tensor]:
-        x = self.to_float(images_u8)
+        x = images_u8.float().div_(255)
         return [self.normalise(p(x)) for p in self.pipelines]

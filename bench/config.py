@@ -1,42 +1,18 @@
-"""Frozen configs. An ablation is ``dataclasses.replace``; a run is identified by its config's hash."""
+"""Frozen run configs. An ablation is ``dataclasses.replace``; a trained model is identified by its config's key."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from bench.core.errors import UsageError
+from methods.spec import UNIFIED_RECIPE, Recipe
 
-@dataclass(frozen=True)
-class Recipe:
-    """The engineering around a method: optimiser, schedule, and the learning-rate rule.
-
-    ``lr`` is the base rate for a batch of 256; the loop uses ``lr * batch_size / 256`` (the linear
-    scaling rule of Goyal et al. 2017, used by SimCLR, MoCo v3, DINO, MAE, ...).
-    """
-
-    optimizer: str = "sgd"  # sgd | lars | adamw
-    lr: float = 0.06
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"  # cosine | constant | step (x0.1 at each of ``milestones``)
-    betas: tuple[float, float] = (0.9, 0.999)
-    milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of training where ``step`` multiplies the rate by 0.1
-    final_weight_decay: float | None = None  # weight decay follows a cosine from weight_decay to this (DINO)
-    clip_grad: float = 0.0  # > 0: clip each parameter's gradient norm to this (DINO's clip_gradients)
-    fixed_lr: tuple[str, ...] = ()  # parameter-name prefixes whose rate skips the schedule (SimSiam's predictor)
-    no_decay_lr_scale: float = 1.0  # base-rate multiplier for biases and norm parameters (Barlow Twins: 0.024)
-
-    def scaled_lr(self, batch_size: int) -> float:
-        return self.lr * batch_size / 256
-
-
-# The recipe every method shares in a fair comparison (ARCHITECTURE.md: same backbone, data and
-# budget). SGD+momentum with cosine decay is what lightly's and solo-learn's CIFAR benchmarks use
-# for most methods; lr 0.06 x bs/256 is lightly's SimCLR/MoCo setting.
-UNIFIED_RECIPE = Recipe()
+# Labels of a run, not inputs to it: they decide where a record goes and which metrics it holds, not what the
+# trained model is.
+NOT_IN_KEY = ("suite", "protocols")
 
 
 @dataclass(frozen=True)
@@ -49,7 +25,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     recipe: Recipe = UNIFIED_RECIPE
-    recipe_name: str = "unified"  # unified | paper | custom
+    recipe_name: str = "unified"  # unified | paper | search | tuned, +custom with overrides; tables group by it
     method_args: dict[str, Any] = field(default_factory=dict)
     backbone_args: dict[str, Any] = field(default_factory=dict)
     per_class: int | None = None  # training subset: this many images per class
@@ -57,17 +33,42 @@ class RunConfig:
     protocols: tuple[str, ...] | None = None  # None: every registered protocol
     suite: str = "adhoc"
     deterministic: bool = False
-    # bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16 (protocols.features.native_bf16),
-    # except on a CPU for models that run slower so (bench.train.cpu_autocast_pays: the ViT).
+    # bf16 autocast where bf16 is native (CUDA, or a CPU with AMX / AVX512-BF16), except on a CPU for models
+    # that run slower so (Method.float32_on_cpu: the ViT).
     amp: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def key(self) -> str:
-        """A short hash of everything that changes the result (not where it is written)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+        """A short hash of what changes the trained model: every field but the labels of ``NOT_IN_KEY``."""
+        return _hash({k: v for k, v in self.to_dict().items() if k not in NOT_IN_KEY})
 
-    def run_id(self) -> str:
-        return f"{self.method}-{self.backbone}-{self.dataset}-s{self.seed}-{self.key()}"
+    def legacy_key(self) -> str:
+        """The key of records and checkpoints written before the labels left the hash (every field hashed)."""
+        return _hash(self.to_dict())
+
+    def accepted_keys(self) -> tuple[str, str]:
+        """Every key this config's records and checkpoints may carry, the current one first."""
+        return self.key(), self.legacy_key()
+
+    def run_id(self, key: str | None = None) -> str:
+        return f"{self.method}-{self.backbone}-{self.dataset}-s{self.seed}-{key or self.key()}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> RunConfig:
+        """The config a record.json holds (JSON lists back to tuples); one clear line when it holds none."""
+        try:
+            known = {f.name for f in fields(cls)}
+            d = {k: v for k, v in d.items() if k in known}
+            d["recipe"] = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("recipe", {}).items()})
+            if d.get("protocols") is not None:
+                d["protocols"] = tuple(d["protocols"])
+            return cls(**d)
+        except (TypeError, AttributeError) as err:
+            raise UsageError(f"{where} holds no valid run config ({err}); is it a repbench record.json?") from None
+
+
+def _hash(d: dict[str, Any]) -> str:
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from bench.config import Recipe
+from methods.spec import Recipe
 
 
 class LARS(torch.optim.Optimizer):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 from bench.store import atomic_write_bytes
 
 # (result key pattern, value field) pairs shown by default; fnmatch patterns on the key.

@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torchvision
 
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,14 +85,14 @@ def ensure_writable_dir(out: Path, flag: str = "--out") -> None:
                          f"{err.strerror or err}); pass {flag} DIR") from None
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else obj
@@ -100,7 +102,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=True) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
@@ -171,8 +173,6 @@ def device_name(device: str) -> str:
 
 
 def provenance(seed: int, device: str) -> dict[str, Any]:
-    import torchvision
-
     sha = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {

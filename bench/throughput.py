@@ -12,12 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-import methods
 from bench.config import RunConfig
 from bench.data import Dataset
-from bench.pipeline import context
-from bench.train import Trainer, seed_everything
-from methods.base import Batch, make_config
+from bench.runner import build_method
+from bench.train import Trainer
+from methods.base import Batch
 
 
 @dataclass
@@ -33,9 +32,7 @@ class Throughput:
 
 
 def build(cfg: RunConfig, ds: Dataset, run_dir) -> Trainer:
-    seed_everything(cfg.seed)
-    cls = methods.METHODS.get(cfg.method)
-    method = cls(context(cfg, ds), make_config(cls, cfg.method_args)).to(cfg.device)
+    method = build_method(cfg, ds)
     method.train()
     return Trainer(method, ds, cfg, run_dir, progress=False)
 
@@ -47,10 +44,10 @@ def _timed_steps(trainer: Trainer, batches, steps: int, warmup: int) -> Throughp
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch = next(it)
-        trainer._sync()
+        trainer.sync()
         t1 = time.perf_counter()
         trainer.step(batch)
-        trainer._sync()
+        trainer.sync()
         if i >= warmup:
             data_s += t1 - t0
             compute_s += time.perf_counter() - t1

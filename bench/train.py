@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.augment import Augmenter
+from bench.augment import Augmenter, normalise
 from bench.config import RunConfig
+from bench.core.device import native_bf16
+from bench.core.errors import UsageError
 from bench.data import Dataset
-from bench.errors import UsageError
 from bench.optim import apply_recipe_step, build_optimizer, build_scheduler
 from bench.store import load_checkpoint, save_checkpoint
-from methods.base import Batch, Method
-from protocols.features import native_bf16
+from methods.base import Batch, Method, TextTower
 
 CHECKPOINT = "checkpoint.pt"
 # Healthy L2-normalised embeddings have a per-dimension std near 1/sqrt(D) (SimSiam, Chen & He 2021, Sec. 4.1),
@@ -104,11 +105,6 @@ def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
     return {"embed_std_ratio": round(std_ratio, 4), "effective_rank": round(erank, 2)}
 
 
-def cpu_autocast_pays(model: torch.nn.Module) -> bool:
-    """False when a submodule says bfloat16 autocast makes it slower on a CPU (``cpu_autocast = False``: the ViT)."""
-    return all(getattr(m, "cpu_autocast", True) for m in model.modules())
-
-
 class Trainer:
     def __init__(self, method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, progress: bool = True) -> None:
         self.method, self.ds, self.cfg, self.run_dir, self.progress = method, ds, cfg, Path(run_dir), progress
@@ -116,17 +112,17 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.images = ds.train_x.to(self.device)
         self.labels = ds.train_y.to(self.device)
-        mean, std = ds.mean_std()
+        self.ds_mean, self.ds_std = mean, std = ds.mean_std()
         self.augment = Augmenter(method.views, ds.channels, ds.image_size, mean, std, self.device)
-        self.text = getattr(method, "train_tokens", None)
+        self.text = method.train_tokens if isinstance(method, TextTower) else None
         self.steps_per_epoch = max(1, len(self.images) // cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.opt = build_optimizer(method, cfg.recipe, cfg.batch_size)
         self.sched = build_scheduler(self.opt, cfg.recipe, self.total_steps, self.steps_per_epoch)
         g = torch.Generator().manual_seed(cfg.seed)
         probe_idx = torch.randperm(len(self.images), generator=g)[:512].to(self.device)
-        self.probe = self.augment.normalise(self.augment.to_float(self.images[probe_idx]))
-        self.amp = cfg.amp and native_bf16(self.device) and (self.device.type != "cpu" or cpu_autocast_pays(method))
+        self.probe = normalise(self.images[probe_idx], mean, std)
+        self.amp = cfg.amp and native_bf16(self.device) and not (self.device.type == "cpu" and method.float32_on_cpu())
         self.meter = Meter()
         self.state = TrainState()
 
@@ -149,7 +145,7 @@ class Trainer:
         if not path.exists():
             return False
         ckpt = load_checkpoint(path)
-        if ckpt.get("config_key") != self.cfg.key():
+        if ckpt.get("config_key") not in self.cfg.accepted_keys():
             raise UsageError(f"checkpoint {path} belongs to another configuration; delete it or rerun without --resume")
         try:
             self.method.load_state_dict(ckpt["model"])
@@ -171,7 +167,7 @@ class Trainer:
         x = self.images[idx]
         # channels_last: measured 1.5x faster convnet steps on this 2-core CPU too, not only on GPUs.
         views = [v.contiguous(memory_format=torch.channels_last) for v in self.augment(x)]
-        images = self.augment.normalise(self.augment.to_float(x))
+        images = normalise(x, self.ds_mean, self.ds_std)
         text = self.text[idx.to(self.text.device)].to(self.device) if self.text is not None else None
         return Batch(views=views, images=images, labels=self.labels[idx], index=idx, text=text)
 
@@ -191,7 +187,7 @@ class Trainer:
         self.method.on_step_end(self.state.step, self.total_steps)
         return out
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -205,11 +201,11 @@ class Trainer:
         for i in bar:
             t0 = time.perf_counter()
             batch = self.batch(order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
-            self._sync()
+            self.sync()
             t1 = time.perf_counter()
             out = self.step(batch)
             loss = float(out["loss"].detach())
-            self._sync()
+            self.sync()
             self.meter.data_s += t1 - t0
             self.meter.compute_s += time.perf_counter() - t1
             self.meter.images += len(batch.labels)
@@ -238,8 +234,6 @@ class Trainer:
         if self.device.type == "cuda":
             self.meter.peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
-            import resource
-
             self.meter.peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return self.state
 

@@ -38,9 +38,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from protocols import PROTOCOLS  # noqa: E402
-from protocols.base import Features  # noqa: E402
-from protocols.kmeans import fit_predict  # noqa: E402
-from protocols.knn import class_votes, search, true_class_rank  # noqa: E402
+from protocols.base import Features, true_class_rank  # noqa: E402
+from protocols.knn import class_votes, search  # noqa: E402
+from protocols.solvers.kmeans import fit_predict  # noqa: E402
 
 THREADS = 2
 SEEDS = range(5)
@@ -98,7 +98,7 @@ def mean_time(fn, rounds: int, benchmark=None):
 
 def knn_top1(score, index, train_y, test_y, k=20, t=0.07):
     votes = class_votes(torch.as_tensor(score), train_y[torch.as_tensor(index)], 10, k, t)
-    return (true_class_rank(votes, test_y) == 0).float().mean().item()
+    return (true_class_rank(votes, test_y, votes=True) == 0).float().mean().item()
 
 
 # --------------------------------------------------------------------------- references, each in its own process
@@ -207,7 +207,9 @@ def test_linear_vs_sklearn(benchmark, fmnist):
 
 def single_fit(x, y, xt, yt):
     """repbench's solver on sklearn's exact problem: raw pixels, C=1 (lambda = 1/N), to tolerance 1e-4."""
-    from protocols.linear import Problem, fit, predict_logits, product_dtype, with_bias
+    from protocols.solvers.lbfgs import fit
+    from protocols.solvers.logreg import Problem, predict_logits, with_bias
+    from protocols.solvers.products import product_dtype
 
     problem = Problem.build(with_bias(x)[None], y[None], 10, product_dtype(len(x), torch.device("cpu")))
     w, info = fit(problem, torch.tensor([[1.0 / len(x)]]), tol=1e-4)

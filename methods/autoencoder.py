@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from bench.errors import UsageError
-from methods.base import METHODS, Batch, Context, Method
-from methods.losses import reconstruction_loss
+from bench.core.errors import UsageError
+from methods.base import Batch, Context, Decoder, Method
+from methods.losses.reconstruction import reconstruction_loss
+from methods.spec import Knob, Recipe, ViewConfig
 
 NOISES = ("none", "gaussian", "mask")
 
@@ -68,11 +67,11 @@ class ConvDecoder(nn.Module):
         return x[..., :self.image_size, :self.image_size]
 
 
-@METHODS.register("autoencoder")
-class Autoencoder(Method):
+class Autoencoder(Method, Decoder):
     Config = AutoencoderConfig
     # No single paper recipe for conv autoencoders; Adam at 1e-3 without decay is the common practice.
     paper_recipe = Recipe(optimizer="adamw", lr=1e-3, weight_decay=0.0)
+    search_space = (Knob("noise_level", 0.1, 0.5),)
 
     def __init__(self, ctx: Context, cfg: AutoencoderConfig) -> None:
         super().__init__()

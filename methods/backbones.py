@@ -8,13 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from bench.registry import Registry
-
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
-
-
-def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    return BACKBONES.get(name)(in_channels=in_channels, image_size=image_size, **kwargs)
+from bench.core.registry import Registry
 
 
 class ConvNet(nn.Module):
@@ -36,7 +30,6 @@ class ConvNet(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-@BACKBONES.register("convnet")
 def convnet(in_channels: int, image_size: int, widths: tuple[int, ...] = (32, 64, 128, 256)) -> nn.Module:
     return ConvNet(in_channels, tuple(widths))
 
@@ -57,11 +50,17 @@ def _resnet(arch: str, in_channels: int, image_size: int, small_stem: bool | Non
     return net
 
 
-@BACKBONES.register("resnet18")
 def resnet18(in_channels: int, image_size: int, small_stem: bool | None = None) -> nn.Module:
     return _resnet("resnet18", in_channels, image_size, small_stem)
 
 
-@BACKBONES.register("resnet50")
 def resnet50(in_channels: int, image_size: int, small_stem: bool | None = None) -> nn.Module:
     return _resnet("resnet50", in_channels, image_size, small_stem)
+
+
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", {
+    "convnet": convnet, "resnet18": resnet18, "resnet50": resnet50, "vit": "methods.vit:vit"})
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn.Module:
+    return BACKBONES.get(name)(in_channels=in_channels, image_size=image_size, **kwargs)

@@ -15,37 +15,33 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
-from methods.byol import asymmetric_views
+from methods.base import Batch, Context, Method
+from methods.byol import AsymmetricViews
 from methods.heads import mlp
-from methods.losses import barlow_twins_loss
+from methods.losses.barlow import barlow_twins_loss
+from methods.spec import Knob, Recipe
 
 
 @dataclass(frozen=True)
-class BarlowTwinsConfig:
+class BarlowTwinsConfig(AsymmetricViews):
     hidden_dim: int = 1024
     out_dim: int = 1024
     lambd: float = 0.0051
-    crop_scale_min: float = 0.08
-    jitter_strength: float = 0.5
-    blur_p: tuple[float, float] = (1.0, 0.1)
-    solarize_p: tuple[float, float] = (0.0, 0.2)
 
 
-@METHODS.register("barlowtwins")
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
     # Paper Sec. 4 / App.: LARS, lr 0.2 x bs/256 for weights and 0.0048 for biases and BN, wd 1.5e-6, 10 warm-up
     # epochs, cosine decay.
     paper_recipe = Recipe(optimizer="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10, no_decay_lr_scale=0.0048 / 0.2)
+    search_space = (Knob("lambd", 1e-3, 2e-2, log=True),)
 
     def __init__(self, ctx: Context, cfg: BarlowTwinsConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=3)
-        self.views = asymmetric_views(cfg.crop_scale_min, cfg.jitter_strength, cfg.blur_p, cfg.solarize_p)
+        self.views = cfg.views()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(images))

@@ -1,28 +1,35 @@
-"""The method interface every file in methods/ implements, and the registries.
+"""The method interface: everything the harness may ask of a method is declared here, and nothing else.
 
 A method is an ``nn.Module`` with
-- ``encoder``: images (N, C, H, W) -> features (N, D); the only thing protocols ever see;
-- ``views``: the augmented views the loop must feed it (a tuple of ViewConfig, possibly empty);
-- ``training_step(batch) -> dict`` with a scalar ``"loss"`` (plus anything worth logging);
+- ``encoder``: images (N, C, H, W) -> features (N, D); the only thing protocols ever see (as tensors);
+- ``views``: the augmented views the loop feeds it (a tuple of ViewConfig, possibly empty);
+- ``training_step(batch) -> dict`` with a scalar ``"loss"`` (plus anything worth logging), when it trains by SGD;
+- ``fit(images, mean, std)``, when it is fitted in closed form on the training images instead;
 - ``on_step_end(step, total)``: EMA updates, queues, centers (default: nothing).
 
-Methods are registered by name in ``METHODS``; each class carries its own ``Config`` dataclass
-(the method's idea: temperatures, heads, momentum) and ``paper_recipe`` (the engineering its
-paper used). The training loop owns the optimiser and schedule.
+Class-level declarations (read without building the method): ``Config`` (the method's idea: temperatures,
+heads, momentum), ``paper_recipe`` (the engineering its paper used), ``trained_by``, ``required_backbone``,
+``search_space``, ``ablations``, and the suites it belongs to (``quick_budget``, ``ci_datasets``). Optional
+capabilities are the mixins ``TextTower`` (zero-shot, retrieval) and ``Decoder`` (reconstruction pictures);
+the harness asks ``isinstance``. ``tests/test_method_interface.py`` checks every registered method against this.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import UNIFIED_RECIPE, Recipe
-from bench.errors import UsageError
-from bench.registry import Registry
+from bench.core.errors import UsageError
+from methods.backbones import build_backbone
+from methods.spec import UNIFIED_RECIPE, Ablation, Knob, Recipe, ViewConfig
+from methods.vit import ViT
+
+TrainedBy = Literal["sgd", "fit", "none"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,6 @@ class Context:
     class_names: tuple[str, ...] = ()
 
     def make_backbone(self) -> nn.Module:
-        from methods.backbones import build_backbone
-
         return build_backbone(self.backbone, self.in_channels, self.image_size, **(self.backbone_args or {}))
 
 
@@ -62,19 +67,38 @@ class Batch:
     text: torch.Tensor | None = None
 
 
-class Method(nn.Module):
-    Config: ClassVar[type] = object
-    paper_recipe: ClassVar[Recipe] = UNIFIED_RECIPE
-    # False for the floors (raw pixels, random init): the loop skips training entirely.
-    trainable: ClassVar[bool] = True
-    # Uses a fit on the whole training set instead of SGD (e.g. K-Means features).
-    fits_without_sgd: ClassVar[bool] = False
+@dataclass(frozen=True)
+class NoConfig:
+    """The Config of a method without options."""
 
+
+class Method(nn.Module):
+    Config: ClassVar[type] = NoConfig
+    paper_recipe: ClassVar[Recipe] = UNIFIED_RECIPE
+    # sgd: the loop trains it; fit: ``fit`` once on the training images (K-Means features); none: the floors.
+    trained_by: ClassVar[TrainedBy] = "sgd"
+    # The backbone it must have whatever the suite asks (MAE needs a ViT's patch tokens); None: any.
+    required_backbone: ClassVar[str | None] = None
+    # Its own search knobs (repbench search adds the shared ones its Config has: temperature, crops, jitter).
+    search_space: ClassVar[tuple[Knob, ...]] = ()
+    # Ablations its paper ran, by grid name (repbench ablate --grid NAME).
+    ablations: ClassVar[Mapping[str, Ablation]] = {}
+    # In the quick search and ablation budget: the methods whose papers' ablations are repeated, and the
+    # supervised reference.
+    quick_budget: ClassVar[bool] = False
+    # Datasets on which the CI regression suite (repbench check) runs it.
+    ci_datasets: ClassVar[tuple[str, ...]] = ()
+
+    cfg: Any
     encoder: nn.Module
     views: tuple[ViewConfig, ...] = ()
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not train by SGD")
+
+    def fit(self, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """Closed-form fit on the uint8 training images (N, C, H, W) with their per-channel mean/std."""
+        raise NotImplementedError(f"{type(self).__name__} is not fitted in closed form")
 
     def on_step_end(self, step: int, total: int) -> None:
         """Called after each optimiser step; ``step`` counts from 1 to ``total``."""
@@ -87,8 +111,45 @@ class Method(nn.Module):
         """Method-specific evaluation (e.g. reconstruction MSE); empty by default."""
         return {}
 
+    def float32_on_cpu(self) -> bool:
+        """True when bfloat16 autocast would slow this model down on a CPU: a ViT inside (see vit.py)."""
+        return any(isinstance(m, ViT) for m in self.modules())
 
-METHODS: Registry[type[Method]] = Registry("method")
+
+class TextTower(ABC):
+    """A method with a text encoder beside its image encoder (CLIP): zero-shot and retrieval use these.
+
+    Embeddings are in the joint space and NOT L2-normalised (callers normalise, as CLIP's own ``encode_*``).
+    """
+
+    caption_source: str  # "dataset", or "class-name fallback" when the dataset has no captions
+    train_tokens: torch.Tensor | None  # (N_train, L) token ids aligned with the training images, or None
+
+    @abstractmethod
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """M strings -> (M, D)."""
+
+    @abstractmethod
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features (N, D_enc) -> (N, D)."""
+
+    @abstractmethod
+    def scale(self) -> torch.Tensor:
+        """The logit multiplier of cosine similarities."""
+
+
+class Decoder(ABC):
+    """A method that decodes images back from what it encodes (repbench plot reconstructions)."""
+
+    blend_label: str = "decoded blend A→B"
+
+    @abstractmethod
+    def reconstruct(self, images: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Rows of the picture after the input: name -> (N, C, H, W) normalised images."""
+
+    @abstractmethod
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+        """Decoded blends between two images' codes, (steps, C, H, W)."""
 
 
 def make_config(cls: type[Method], overrides: dict[str, Any]):
@@ -100,11 +161,17 @@ def make_config(cls: type[Method], overrides: dict[str, Any]):
         raise UsageError(
             f"method option(s) {', '.join(unknown)} not understood; valid options: {', '.join(sorted(valid)) or 'none'}"
         )
+    defaults = vars(cfg)
     for key, value in overrides.items():
-        default = getattr(cfg, key)
-        if not _same_kind(default, value):
-            raise UsageError(f"method option {key}={value!r} should be a {type(default).__name__} like its default {default!r}")
+        if not _same_kind(defaults[key], value):
+            raise UsageError(f"method option {key}={value!r} should be a {type(defaults[key]).__name__} "
+                             f"like its default {defaults[key]!r}")
     return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def config_defaults(cls: type[Method]) -> dict[str, Any]:
+    """The Config's field defaults by name."""
+    return dict(vars(cls.Config()))
 
 
 def _same_kind(default: Any, value: Any) -> bool:

@@ -12,37 +12,43 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
-from methods.ema import EMA
+from methods.base import Batch, Context, Method
+from methods.ema import EMA, MOMENTUM_KNOB
 from methods.heads import mlp
-from methods.losses import byol_loss
+from methods.losses.byol import byol_loss
+from methods.spec import Recipe, ViewConfig
 
 
 @dataclass(frozen=True)
-class BYOLConfig:
-    hidden_dim: int = 512  # paper 4096, scaled to the CPU backbones
-    out_dim: int = 128  # paper 256
-    momentum: float = 0.996  # tau_base; cosine to 1
+class AsymmetricViews:
+    """BYOL's two view recipes (Table 6), shared by Barlow Twins and VICReg. The colour jitter is
+    ColorJitter(0.4, 0.4, 0.4, 0.1); the paper's saturation is 0.2."""
+
     crop_scale_min: float = 0.08
-    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1); the paper's saturation is 0.2
+    jitter_strength: float = 0.5
     blur_p: tuple[float, float] = (1.0, 0.1)
     solarize_p: tuple[float, float] = (0.0, 0.2)
 
-
-def asymmetric_views(crop_scale_min: float, jitter_strength: float, blur_p: tuple[float, float],
-                     solarize_p: tuple[float, float]) -> tuple[ViewConfig, ViewConfig]:
-    """BYOL's two view recipes (Table 6), shared by Barlow Twins and VICReg."""
-    return tuple(ViewConfig(scale=(crop_scale_min, 1.0), strength=jitter_strength, blur_p=b, solarize_p=s)
-                 for b, s in zip(blur_p, solarize_p, strict=True))
+    def views(self) -> tuple[ViewConfig, ...]:
+        return tuple(ViewConfig(scale=(self.crop_scale_min, 1.0), strength=self.jitter_strength, blur_p=b, solarize_p=s)
+                     for b, s in zip(self.blur_p, self.solarize_p, strict=True))
 
 
-@METHODS.register("byol")
+@dataclass(frozen=True)
+class BYOLConfig(AsymmetricViews):
+    hidden_dim: int = 512  # paper 4096, scaled to the CPU backbones
+    out_dim: int = 128  # paper 256
+    momentum: float = 0.996  # tau_base; cosine to 1
+
+
 class BYOL(Method):
     Config = BYOLConfig
     # Paper Sec. 3.3 / App. C: LARS, lr 0.2 x bs/256, wd 1.5e-6, 10 warm-up epochs, cosine decay.
     paper_recipe = Recipe(optimizer="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10)
+    search_space = (MOMENTUM_KNOB,)
+    quick_budget = True
+    # The EMA target and the predictor: state kept across steps.
+    ci_datasets = ("digits",)
 
     def __init__(self, ctx: Context, cfg: BYOLConfig) -> None:
         super().__init__()
@@ -51,7 +57,7 @@ class BYOL(Method):
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
         self.predictor = mlp(cfg.out_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
         self.target = EMA(self.encoder, self.projector, momentum=cfg.momentum, final=1.0)
-        self.views = asymmetric_views(cfg.crop_scale_min, cfg.jitter_strength, cfg.blur_p, cfg.solarize_p)
+        self.views = cfg.views()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(images))

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
-from methods.losses import clip_loss
+from methods.base import Batch, Context, Method, TextTower
+from methods.losses.clip import clip_loss
+from methods.spec import Knob, Recipe, ViewConfig
 from methods.text import PAD, WordTokenizer, build_text_encoder
 
 
@@ -48,8 +47,7 @@ class CLIPConfig:
     fallback_template: str = "a photo of a {}."
 
 
-@METHODS.register("clip")
-class CLIP(Method):
+class CLIP(Method, TextTower):
     Config = CLIPConfig
     # Paper (Sec. 2.5, App. F): AdamW, wd 0.2, cosine, 2,000 warm-up iterations (~0.16 of an epoch at 12.2k
     # iterations per epoch), lr 5e-4 at batch 32,768 (RN50). betas (0.9, 0.98) are its ViT value (its ResNets
@@ -57,6 +55,7 @@ class CLIP(Method):
     # CLIP did not scale its rate with batch size; 5e-4 x 256/32,768 = 3.9e-6 would not move a short run,
     # so 5e-4 is kept as the base rate for batch 256.
     paper_recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), warmup_epochs=0.16)
+    search_space = (Knob("init_temperature", 0.02, 0.2, log=True),)
 
     def __init__(self, ctx: Context, cfg: CLIPConfig) -> None:
         super().__init__()

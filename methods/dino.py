@@ -23,12 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
+from methods.base import Batch, Context, Method
 from methods.ema import EMA
-from methods.losses import dino_loss
+from methods.losses.dino import dino_loss
 from methods.multicrop import forward_by_resolution, local_size
+from methods.spec import Ablation, Knob, Recipe, ViewConfig, cell
 
 
 @dataclass(frozen=True)
@@ -79,12 +78,24 @@ class DINOHead(nn.Module):
         return F.linear(x, w.detach() if freeze_last_layer else w)
 
 
-@METHODS.register("dino")
+# Sharpening off: the teacher's temperature (and its warm-up start) at the student's.
+NO_SHARPENING = {"teacher_temp": DINOConfig.student_temp, "warmup_teacher_temp": DINOConfig.student_temp}
+
+
 class DINO(Method):
     Config = DINOConfig
     # Paper Sec. 4 / App.: AdamW, lr 5e-4 x bs/256, wd cosine 0.04 -> 0.4, 10 warm-up epochs, clip 3.0.
     paper_recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.04, warmup_epochs=10, final_weight_decay=0.4,
                           clip_grad=3.0)
+    search_space = (Knob("teacher_temp", 0.02, 0.1, log=True), Knob("center_momentum", choices=(0.8, 0.9, 0.99)),
+                    Knob("momentum", choices=(0.99, 0.996, 0.999)))
+    # Centering off is center_momentum=1: the center is a zero buffer that then never moves.
+    ablations = {"dino-centering": Ablation(
+        cells=(cell("center+sharpen (paper)"), cell("no centering", center_momentum=1.0),
+               cell("no sharpening", **NO_SHARPENING), cell("neither", center_momentum=1.0, **NO_SHARPENING),
+               cell("no multi-crop", n_local_crops=0)),
+        claim="Caron et al. 2021 Table 8 / Fig. 7: centering alone or sharpening alone collapses; both are needed")}
+    quick_budget = True
 
     def __init__(self, ctx: Context, cfg: DINOConfig) -> None:
         super().__init__()

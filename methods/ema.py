@@ -8,6 +8,11 @@ import math
 import torch
 from torch import nn
 
+from methods.spec import Knob
+
+# The search knob of every EMA teacher's base momentum (MoCo, BYOL).
+MOMENTUM_KNOB = Knob("momentum", choices=(0.9, 0.99, 0.996, 0.999))
+
 
 def cosine_momentum(progress: float, base: float, final: float = 1.0) -> float:
     """BYOL's schedule (Grill et al. 2020, Sec. 3.2), also MoCo v3's and DINO's: ``base`` at progress 0,

@@ -1,18 +1,17 @@
-"""The two floors every learned representation must beat: raw pixels and an untrained encoder."""
+"""The two floors every learned representation must beat: raw pixels and an untrained encoder.
+
+Both are in the CI regression suite: with no training they isolate the protocols and the data.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from methods.base import METHODS, Context, Method
+from methods.base import Context, Method, NoConfig
 
 
 class Flatten(nn.Module):
-    feature_dim: int
-
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.feature_dim = dim
@@ -21,30 +20,25 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
-@dataclass(frozen=True)
-class NoConfig:
-    pass
-
-
-@METHODS.register("raw")
 class RawPixels(Method):
-    """Normalised pixels as features (ANCHORS.md: kNN 84.6%, linear 84.5% on full Fashion-MNIST)."""
+    """Normalised pixels as features (docs/ANCHORS.md: kNN 84.6%, linear 84.5% on full Fashion-MNIST)."""
 
-    Config = NoConfig
-    trainable = False
+    trained_by = "none"
+    ci_datasets = ("digits", "fashion-mnist")
 
     def __init__(self, ctx: Context, cfg: NoConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         self.encoder = Flatten(ctx.in_channels * ctx.image_size**2)
 
 
-@METHODS.register("random")
 class RandomInit(Method):
     """The backbone at its seeded random initialisation, never trained (features of architecture alone)."""
 
-    Config = NoConfig
-    trainable = False
+    trained_by = "none"
+    ci_datasets = ("digits",)
 
     def __init__(self, ctx: Context, cfg: NoConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         self.encoder = ctx.make_backbone()

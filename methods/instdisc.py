@@ -30,11 +30,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
+from methods.base import Batch, Context, Method
 from methods.heads import mlp
-from methods.losses import nce_loss
+from methods.losses.instdisc import nce_loss
+from methods.spec import Knob, Recipe, ViewConfig
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,12 @@ class InstDiscConfig:
     jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1); the code's hue is 0.4
 
 
-@METHODS.register("instdisc")
 class InstDisc(Method):
     Config = InstDiscConfig
     # Official lemniscate main.py: SGD lr 0.03 (bs 256), momentum 0.9, wd 1e-4, 200 epochs with x0.1
     # at 120 and 160 (milestones 0.6 and 0.8 of training).
     paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="step", milestones=(0.6, 0.8))
+    search_space = (Knob("bank_momentum", 0.3, 0.9),)
 
     def __init__(self, ctx: Context, cfg: InstDiscConfig) -> None:
         super().__init__()

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.data import Dataset
-from methods.base import METHODS, Context, Method
+from methods.base import Context, Method
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,9 @@ class KMeansEncoder(nn.Module):
         return torch.cat([q.sum(dim=(1, 2)) for q in quads], dim=1)
 
 
-@METHODS.register("kmeans-features")
 class KMeansFeatures(Method):
     Config = KMeansFeaturesConfig
-    fits_without_sgd = True
+    trained_by = "fit"
 
     def __init__(self, ctx: Context, cfg: KMeansFeaturesConfig) -> None:
         super().__init__()
@@ -104,19 +102,18 @@ class KMeansFeatures(Method):
         self.encoder = KMeansEncoder(ctx.in_channels, patch, cfg.stride, cfg.num_centroids, cfg)
 
     @torch.no_grad()
-    def fit(self, ds: Dataset) -> None:
+    def fit(self, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         from sklearn.cluster import KMeans
 
         enc, dev = self.encoder, self.encoder.centroids.device
-        mean, std = ds.mean_std()
         enc.pixel_mean.copy_(torch.tensor(mean).view(enc.pixel_mean.shape))
         enc.pixel_std.copy_(torch.tensor(std).view(enc.pixel_std.shape))
         # Random patches (random image, random position), drawn from the run's seeded torch RNG.
-        m, size = self.cfg.num_patches, ds.image_size - enc.patch + 1
-        img = torch.randint(len(ds.train_x), (m,))
+        m, size = self.cfg.num_patches, images.shape[-1] - enc.patch + 1
+        img = torch.randint(len(images), (m,))
         ys, xs = torch.randint(size, (m,)), torch.randint(size, (m,))
         rows = torch.arange(enc.patch)
-        crops = ds.train_x[img[:, None, None], :, (ys[:, None] + rows)[:, :, None], (xs[:, None] + rows)[:, None, :]]
+        crops = images[img[:, None, None], :, (ys[:, None] + rows)[:, :, None], (xs[:, None] + rows)[:, None, :]]
         p = normalise_patches(crops.permute(0, 3, 1, 2).flatten(1).float().to(dev), self.cfg.norm_eps)
         zmean, zw = zca_fit(p, self.cfg.zca_eps)
         enc.zca_mean.copy_(zmean)

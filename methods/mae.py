@@ -14,16 +14,14 @@ metric records the encoder's size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
 from methods.backbones import build_backbone
-from methods.base import METHODS, Batch, Context, Method
-from methods.losses import mae_loss, normalise_patches
+from methods.base import Batch, Context, Decoder, Method
+from methods.losses.reconstruction import mae_loss, normalise_patches
+from methods.spec import Knob, Recipe, ViewConfig
 from methods.vit import patchify, random_masking, sincos_2d, transformer, unpatchify
 
 
@@ -64,12 +62,12 @@ class MAEDecoder(nn.Module):
         return self.head(self.norm(self.blocks(x)))[:, 1:]
 
 
-@METHODS.register("mae")
-class MAE(Method):
+class MAE(Method, Decoder):
     Config = MAEConfig
     # Paper App. A.1: AdamW, base lr 1.5e-4 x bs/256, wd 0.05, betas (0.9, 0.95), 40 warm-up epochs.
     paper_recipe = Recipe(optimizer="adamw", lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40)
-    required_backbone: ClassVar[str] = "vit"
+    required_backbone = "vit"
+    search_space = (Knob("mask_ratio", 0.5, 0.9),)
 
     def __init__(self, ctx: Context, cfg: MAEConfig) -> None:
         super().__init__()

@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
-from methods.ema import EMA
+from methods.base import Batch, Context, Method
+from methods.ema import EMA, MOMENTUM_KNOB
 from methods.heads import mlp
-from methods.losses import info_nce_loss
+from methods.losses.moco import info_nce_loss
+from methods.spec import Ablation, Knob, Recipe, ViewConfig, cell
 
 
 @dataclass(frozen=True)
@@ -95,12 +94,17 @@ def grouped_forward(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return out[torch.argsort(perm)]
 
 
-@METHODS.register("moco-v1")
 class MoCo(Method):
     Config = MoCoConfig
     # v1 paper (Sec. 4 / official main_moco.py): SGD lr 0.03 (bs 256), wd 1e-4, momentum 0.9, 200 epochs with
     # x0.1 at epochs 120 and 160 (milestones 0.6 and 0.8 of training; v2 replaced it by cosine).
     paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="step", milestones=(0.6, 0.8))
+    search_space = (MOMENTUM_KNOB, Knob("queue_size", choices=(256, 1024, 4096)))
+    ablations = {"moco-momentum": Ablation(
+        cells=(*(cell(f"momentum={m}", momentum=m) for m in (0.0, 0.9, 0.99, 0.999)),
+               cell("queue=0 (in-batch)", queue_size=0), cell("queue=256", queue_size=256)),
+        claim="He et al. 2020 Sec. 4.1: momentum 0 fails to train (loss oscillates); 0.99-0.999 work best")}
+    quick_budget = True
 
     def __init__(self, ctx: Context, cfg: MoCoConfig) -> None:
         super().__init__()
@@ -167,16 +171,20 @@ class MoCo(Method):
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
 
-@METHODS.register("moco-v2")
 class MoCoV2(MoCo):
     Config = MoCoV2Config
     # v2 paper: SGD lr 0.03 (bs 256), wd 1e-4, cosine schedule, 200 epochs.
     paper_recipe = Recipe(optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="cosine")
+    ablations = {}
+    # The EMA key encoder and the queue: state kept across steps.
+    ci_datasets = ("digits",)
 
 
-@METHODS.register("moco-v3")
 class MoCoV3(MoCo):
     Config = MoCoV3Config
     # v3 official ResNet-50 config (main_moco.py defaults): LARS lr 0.6 x bs/256, wd 1e-6, 10 warm-up epochs.
     # Its ViT config is AdamW lr 1.5e-4 x bs/256, wd 0.1, 40 warm-up epochs (pass a custom recipe for ViTs).
     paper_recipe = Recipe(optimizer="lars", lr=0.6, weight_decay=1e-6, warmup_epochs=10)
+    search_space = (MOMENTUM_KNOB,)
+    ablations = {}
+    quick_budget = False

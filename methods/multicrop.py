@@ -8,12 +8,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from methods.vit import ViT
+
 
 def local_size(image_size: int, ratio: float, min_size: int, backbone: nn.Module | None = None) -> int:
     """Side of a local crop: ``ratio`` of the image (96/224 in both papers), at least ``min_size`` (what the
     backbone can take: the convnet halves three times), a whole number of patches for a ViT, never more
     than the image."""
-    p = getattr(backbone, "patch_size", 1)
+    p = backbone.patch_size if isinstance(backbone, ViT) else 1
     side = max(min_size, p * round(image_size * ratio / p))
     return min(image_size, side)
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
+from methods.base import Batch, Context, Method
 from methods.heads import mlp
-from methods.losses import simsiam_loss
+from methods.losses.byol import simsiam_loss
+from methods.spec import Knob, Recipe, ViewConfig
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,12 @@ class SimSiamConfig:
     blur_p: float = 0.5
 
 
-@METHODS.register("simsiam")
 class SimSiam(Method):
     Config = SimSiamConfig
     # Paper Sec. 4: SGD lr 0.05 x bs/256, momentum 0.9, wd 1e-4, cosine decay, no warm-up; the predictor's rate
     # is not decayed (Sec. 4.2, the official fix_pred_lr).
     paper_recipe = Recipe(optimizer="sgd", lr=0.05, weight_decay=1e-4, fixed_lr=("predictor.",))
+    search_space = (Knob("blur_p", 0.0, 1.0),)
 
     def __init__(self, ctx: Context, cfg: SimSiamConfig) -> None:
         super().__init__()

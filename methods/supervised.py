@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
+from methods.base import Batch, Context, Method
+from methods.spec import Knob, Recipe, ViewConfig
 
 
 @dataclass(frozen=True)
@@ -23,11 +22,14 @@ class SupervisedConfig:
     jitter_strength: float = 0.0  # standard supervised recipes use crop + flip only
 
 
-@METHODS.register("supervised")
 class Supervised(Method):
     Config = SupervisedConfig
     # He et al. 2016 (ResNet): SGD momentum 0.9, lr 0.1 x bs/256, wd 1e-4.
     paper_recipe = Recipe(optimizer="sgd", lr=0.1, weight_decay=1e-4)
+    search_space = (Knob("label_smoothing", 0.0, 0.2),)
+    quick_budget = True
+    # The supervised reference: labels, one view, no state across steps.
+    ci_datasets = ("digits",)
 
     def __init__(self, ctx: Context, cfg: SupervisedConfig) -> None:
         super().__init__()

@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import ViewConfig
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
+from methods.base import Batch, Context, Method
 from methods.heads import mlp
-from methods.losses import swav_loss
+from methods.losses.swav import swav_loss
 from methods.multicrop import forward_by_resolution, local_size
+from methods.spec import Knob, Recipe, ViewConfig
 
 
 @dataclass(frozen=True)
@@ -45,11 +44,11 @@ class SwAVConfig:
     blur_p: float = 0.5
 
 
-@METHODS.register("swav")
 class SwAV(Method):
     Config = SwAVConfig
     # Official swav_200ep_bs256_pretrain.sh: LARS lr 0.6 at batch 256, wd 1e-6, no warm-up, cosine to 0.0006.
     paper_recipe = Recipe(optimizer="lars", lr=0.6, weight_decay=1e-6, warmup_epochs=0)
+    search_space = (Knob("epsilon", 0.02, 0.1, log=True), Knob("prototypes", choices=(30, 100, 300, 3000)))
 
     def __init__(self, ctx: Context, cfg: SwAVConfig) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 
 PAD, UNK, EOT = 0, 1, 2
 SPECIALS = ("<pad>", "<unk>", "<eot>")

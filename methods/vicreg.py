@@ -13,39 +13,35 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.config import Recipe
-from methods.base import METHODS, Batch, Context, Method
-from methods.byol import asymmetric_views
+from methods.base import Batch, Context, Method
+from methods.byol import AsymmetricViews
 from methods.heads import mlp
-from methods.losses import vicreg_loss
+from methods.losses.vicreg import vicreg_loss
+from methods.spec import Knob, Recipe
 
 
 @dataclass(frozen=True)
-class VICRegConfig:
+class VICRegConfig(AsymmetricViews):
     hidden_dim: int = 1024
     out_dim: int = 1024
     sim_coeff: float = 25.0
     std_coeff: float = 25.0
     cov_coeff: float = 1.0
-    crop_scale_min: float = 0.08
-    jitter_strength: float = 0.5
-    blur_p: tuple[float, float] = (1.0, 0.1)
-    solarize_p: tuple[float, float] = (0.0, 0.2)
 
 
-@METHODS.register("vicreg")
 class VICReg(Method):
     Config = VICRegConfig
     # Paper Sec. 4.1 / App. C: LARS, lr 0.2 x bs/256 (batch 2048, 1000 epochs), wd 1e-6, 10 warm-up epochs,
     # cosine decay. (The official README's 100-epoch command uses base lr 0.3 at batch 512.)
     paper_recipe = Recipe(optimizer="lars", lr=0.2, weight_decay=1e-6, warmup_epochs=10)
+    search_space = (Knob("sim_coeff", 5.0, 50.0, log=True),)
 
     def __init__(self, ctx: Context, cfg: VICRegConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=3)
-        self.views = asymmetric_views(cfg.crop_scale_min, cfg.jitter_strength, cfg.blur_p, cfg.solarize_p)
+        self.views = cfg.views()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(images))

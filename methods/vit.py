@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import UsageError
-from methods.backbones import BACKBONES
+from bench.core.errors import UsageError
 
 WIDTHS = {"tiny": {"dim": 128, "depth": 4, "heads": 4}, "small": {"dim": 256, "depth": 6, "heads": 8}}
 DEFAULT_GRID = 4
@@ -78,10 +77,8 @@ def transformer(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.
 
 
 class ViT(nn.Module):
-    # bfloat16 autocast on a CPU halves this model's speed (MAE quick run, 2 cores with AMX, 2026-11-28: ~900-1,050
-    # img/s against ~1,700-2,200 in float32, same kNN), while it speeds up the convnets (SimCLR 9.3-10.8 s against
-    # 11.6-13.4 s a run, CLIP 7.5-7.7 against 8.6-9.4). The Trainer keeps float32 on the CPU for any model holding one.
-    cpu_autocast = False
+    # bfloat16 autocast on a CPU slows this model down while it speeds the convnets up (results/benchmarks/
+    # throughput.md), so Method.float32_on_cpu keeps any model holding a ViT in float32 there.
 
     def __init__(self, in_channels: int, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
                  pool: str = "cls", mlp_ratio: float = 4.0) -> None:
@@ -134,7 +131,6 @@ class ViT(nn.Module):
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
-@BACKBONES.register("vit")
 def vit(in_channels: int, image_size: int, width: str = "tiny", patch_size: int | None = None, pool: str = "cls",
         dim: int | None = None, depth: int | None = None, heads: int | None = None, mlp_ratio: float = 4.0) -> ViT:
     if width not in WIDTHS:

@@ -1,13 +1,12 @@
-"""Evaluation protocols on frozen features; importing this package registers them all."""
+"""Evaluation protocols on frozen features: features in, metrics dict out. ``PROTOCOLS`` is the table of what is
+registered; an entry is imported when first asked for."""
 
-import importlib
-import pkgutil
+from bench.core.registry import Registry
 
-from protocols.base import PROTOCOLS, Features, Metrics
-
-# Every module in this package registers itself; a new protocol file needs no edit here.
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in {"base"}:
-        importlib.import_module(f"{__name__}.{_mod.name}")
-
-__all__ = ["PROTOCOLS", "Features", "Metrics"]
+PROTOCOLS = Registry("protocol", {
+    "fewshot": "protocols.fewshot:evaluate",
+    "kmeans": "protocols.kmeans:evaluate",
+    "knn": "protocols.knn:evaluate",
+    "linear": "protocols.linear:evaluate",
+    "zero-shot": "protocols.zero_shot:evaluate",
+})

@@ -7,7 +7,7 @@ protocol's coarse-to-fine search on a validation set of the same size drawn from
 train labels (a labelled set of 10 images cannot spare a validation split), and the probe fitted
 on the labelled subset alone is scored on the whole test set. All draws of a setting are solved
 together as one batch of problems; with fewer labels than feature dimensions they are solved, exactly,
-in the span of their labelled samples (see ``protocols.linear.span_basis``). Reported: mean and std over draws.
+in the span of their labelled samples (see ``protocols.solvers.logreg.span_basis``). Reported: mean and std over draws.
 """
 
 from __future__ import annotations
@@ -15,22 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from protocols.base import PROTOCOLS, Features, Metrics
-from protocols.features import resolve_device, threads_by_size
-from protocols.linear import (
-    GRID,
-    Problem,
-    from_span,
-    mean_per_class_recall,
-    predict_logits,
-    prepare,
-    product_dtype,
-    span_basis,
-    sweep,
-    to_span,
-    topk_accuracy,
-    with_bias,
-)
+from protocols.base import Features, Metrics, classification_metrics, threads_by_size
+from protocols.linear import GRID, prepare, sweep
+from protocols.solvers.logreg import Problem, from_span, predict_logits, span_basis, to_span, with_bias
+from protocols.solvers.products import product_dtype
 
 DEFAULT_FRACTIONS = (0.01, 0.1)
 DEFAULT_SHOTS = (1, 5, 10)
@@ -61,13 +49,12 @@ def _settings(fractions, shots) -> list[tuple[str, dict]]:
     return out + [(f"fewshot_{k}shot", {"shots": k}) for k in shots]
 
 
-@PROTOCOLS.register("fewshot")
 @threads_by_size(lambda train, test: train.x.numel() // 10)  # the largest labelled set is 10%
-def evaluate(train: Features, test: Features, *, fractions=DEFAULT_FRACTIONS, shots=DEFAULT_SHOTS, draws: int = 3,
-             seed: int = 0, normalise: bool = True, max_iter: int = 500, tol: float = 1e-4,
-             device: str | None = None, **_ignored) -> Metrics:
+def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | torch.device = "cpu",
+             fractions=DEFAULT_FRACTIONS, shots=DEFAULT_SHOTS, draws: int = 3, normalise: bool = True,
+             max_iter: int = 500, tol: float = 1e-4) -> Metrics:
     """``fewshot_1pct``, ``fewshot_10pct``, ``fewshot_1shot``, ``fewshot_5shot``, ``fewshot_10shot``: test top-1/top-5."""
-    dev = resolve_device(train, device)
+    dev = torch.device(device)
     c = max(train.num_classes, test.num_classes)
     x_all = prepare(train.x, normalise)
     x_test = prepare(test.x, normalise).to(dev)
@@ -93,8 +80,8 @@ def evaluate(train: Features, test: Features, *, fractions=DEFAULT_FRACTIONS, sh
         if reduce:
             w = from_span(w, mean, q)
         logits = predict_logits(w, x_test[None]).cpu()  # (draws, M, C)
-        top1, top5, recall = zip(*[(*topk_accuracy(lg, y_test, c), mean_per_class_recall(lg.argmax(1), y_test, c))
-                                   for lg in logits], strict=True)
+        per_draw = [classification_metrics(lg, y_test, c) for lg in logits]
+        top1, top5, recall = ([d[k] for d in per_draw] for k in ("top1", "top5", "mean_per_class_recall"))
         out[key] = {
             **setting, "top1": float(np.mean(top1)), "top1_std": float(np.std(top1)), "top5": float(np.mean(top5)),
             "mean_per_class_recall": float(np.mean(recall)), "top1_draws": list(top1),

@@ -13,13 +13,10 @@ at every rank, so top-1 equals ``argmax`` and majority vote matches scikit-learn
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from protocols.base import PROTOCOLS, Features, Metrics
-from protocols.features import resolve_device
+from protocols.base import Features, Metrics, topk_from_rank, true_class_rank
 
 DEFAULT_K = 20
 DEFAULT_T = 0.07
@@ -80,27 +77,6 @@ def class_votes(score: torch.Tensor, labels: torch.Tensor, num_classes: int, k: 
     return torch.zeros(len(score), num_classes, dtype=weight.dtype).scatter_add_(1, labels, weight)
 
 
-def true_class_rank(votes: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """0-based rank of the true class by vote (ties to the lower class index); a class without votes ranks last.
-
-    Shape: votes (M, C), y (M,) -> (M,) int64, C when the true class got no vote.
-    """
-    v_true = votes.gather(1, y[:, None])
-    cls = torch.arange(votes.shape[1])
-    ahead = (votes > v_true) | ((votes == v_true) & (cls[None, :] < y[:, None]))
-    rank = ahead.sum(1)
-    return torch.where(v_true[:, 0] > 0, rank, torch.full_like(rank, votes.shape[1]))
-
-
-def topk_from_rank(rank: torch.Tensor, num_classes: int) -> tuple[float, float]:
-    """(top-1, top-5) fractions; top-5 is NaN with fewer than 5 classes (as CLIP_benchmark)."""
-    if len(rank) == 0:
-        return math.nan, math.nan
-    top1 = (rank == 0).float().mean().item()
-    top5 = (rank < 5).float().mean().item() if num_classes >= 5 else math.nan
-    return top1, top5
-
-
 def result_key(k: int, temperature: float, vote: str, metric: str) -> str:
     parts = ["knn"]
     if k != DEFAULT_K:
@@ -123,16 +99,14 @@ DEFAULT_VARIANTS = (
 )
 
 
-@PROTOCOLS.register("knn")
-def evaluate(train: Features, test: Features, *, variants=DEFAULT_VARIANTS, temperatures=(DEFAULT_T,),
-             seed: int = 0, device: str | None = None, **_ignored) -> Metrics:
+def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | torch.device = "cpu",
+             variants=DEFAULT_VARIANTS, temperatures=(DEFAULT_T,)) -> Metrics:
     """Every (metric, vote, k, T) of ``variants`` x ``temperatures``, each under its own key.
 
     ``variants``: tuples (metric, vote, ks). The default k=20, T=0.07 cosine weighted entry is ``knn``;
     others are named like ``knn_k200``, ``knn_k20_t0.1``, ``knn_majority``, ``knn_euclidean_majority``.
     ``seed`` is recorded only: the protocol is deterministic.
     """
-    dev = resolve_device(train, device)
     num_classes = max(train.num_classes, test.num_classes)
     out: Metrics = {}
     by_metric: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
@@ -140,13 +114,13 @@ def evaluate(train: Features, test: Features, *, variants=DEFAULT_VARIANTS, temp
         by_metric.setdefault(metric, []).append((vote, tuple(ks)))
     for metric, entries in by_metric.items():
         k_max = max(k for _, ks in entries for k in ks)
-        score, index = search(train.x, test.x, k_max, metric, dev)
+        score, index = search(train.x, test.x, k_max, metric, device)
         nb_labels = train.y.cpu()[index]
         for vote, ks in entries:
             for k in ks:
                 for t in (temperatures if vote == "weighted" else (None,)):
                     votes = class_votes(score, nb_labels, num_classes, k, t or DEFAULT_T, vote)
-                    top1, top5 = topk_from_rank(true_class_rank(votes, test.y.cpu()), num_classes)
+                    top1, top5 = topk_from_rank(true_class_rank(votes, test.y.cpu(), votes=True), num_classes)
                     out[result_key(k, t or DEFAULT_T, vote, metric)] = {
                         "k": k, "k_used": min(k, len(train)), "temperature": t, "metric": metric, "vote": vote,
                         "normalised": metric == "cosine", "top1": top1, "top5": top5,

@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import ablate
-from bench.pipeline import validate
-from bench.suites import SUITES
+from bench.experiments import SUITES, ablate, ablate_report
+from bench.runner import validate
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +63,7 @@ def test_every_grid_builds_valid_distinct_cells(name):
         assert len(keys) == len(set(keys)), f"{g.name}: two cells run the same config"
         for c in g.cells:
             validate(c.config)
-            assert c.config.protocols is None  # every protocol is recorded; the tables read ablate.METRIC
+            assert c.config.protocols is None  # every protocol is recorded; the tables read scales.METRIC
 
 
 def test_headline_cells_set_the_knob():
@@ -95,7 +94,7 @@ def test_recipe_report_has_method_vs_engineering(tmp_path):
             for s in range(3):
                 rows.append({"grid": "recipe", "method": method, "cell": recipe, "recipe": recipe, "seed": s,
                              "status": "ok", "value": base + 0.01 * s})
-    text = ablate.write_grid_report(ablate.Grid("recipe"), pd.DataFrame(rows), tmp_path, ablate.SCALES["smoke"],
+    text = ablate_report.write_grid_report(ablate.Grid("recipe"), pd.DataFrame(rows), tmp_path, ablate.SCALES["smoke"],
                                     tuned={"a": [0.75, 0.76, 0.74], "b": [0.74, 0.73, 0.75]})
     assert "Method vs engineering" in text
     mve = pd.read_csv(tmp_path / "recipe" / "method_vs_engineering.csv").iloc[0]

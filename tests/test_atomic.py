@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 from bench.store import REPO_ROOT, atomic_write_bytes, ensure_writable_dir, load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.captions import COLOUR_RGB, COLOURS, FASHION_DESCRIPTIONS, HELD_OUT, SHAPES, fashion_captions, shapes
 from bench.data import DATASETS, load_dataset
+from bench.data.captions import COLOUR_RGB, COLOURS, FASHION_DESCRIPTIONS, HELD_OUT, SHAPES, fashion_captions, shapes
 from methods.text import words
 
 

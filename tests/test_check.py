@@ -6,9 +6,18 @@ import pytest
 
 import methods
 import protocols
-from bench.check import DEFAULT_BASELINE, TOLERANCES, Tolerance, compare, flat_metrics, label, load_baseline, tolerance_for
 from bench.config import RunConfig
-from bench.suites import SUITES
+from bench.experiments import SUITES
+from bench.experiments.check import (
+    DEFAULT_BASELINE,
+    TOLERANCES,
+    Tolerance,
+    compare,
+    flat_metrics,
+    label,
+    load_baseline,
+    tolerance_for,
+)
 
 
 def test_tolerance_arithmetic():

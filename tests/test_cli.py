@@ -6,11 +6,12 @@ import torch
 import methods
 import protocols
 from bench.data import DATASETS
-from bench.suites import SUITES
+from bench.experiments import SUITES
+from methods.backbones import BACKBONES
 
 
 @pytest.mark.parametrize("kind,registry", [("methods", methods.METHODS), ("protocols", protocols.PROTOCOLS),
-                                           ("datasets", DATASETS), ("backbones", methods.BACKBONES),
+                                           ("datasets", DATASETS), ("backbones", BACKBONES),
                                            ("suites", SUITES)])
 def test_list_prints_one_name_per_line(cli, kind, registry):
     code, out, _ = cli("list", kind)

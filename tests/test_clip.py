@@ -7,22 +7,18 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
-from bench.captions import shapes
 from bench.config import Recipe
 from bench.data import load_dataset
+from bench.data.captions import shapes
+from bench.evaluate import text_side, write_clip_benchmark
 from bench.optim import build_optimizer
-from methods import METHODS, Batch, Context
-from methods.base import make_config
-from methods.losses import clip_loss
+from methods import METHODS
+from methods.base import Batch, Context, make_config
+from methods.losses.clip import clip_loss
 from methods.text import CBOW, EOT, PAD, UNK, TextTransformer, WordTokenizer, words
-from protocols import PROTOCOLS, Features
-from protocols.zero_shot import (
-    class_embeddings,
-    classification_metrics,
-    clip_benchmark_record,
-    retrieval_recall,
-    write_clip_benchmark,
-)
+from protocols import PROTOCOLS
+from protocols.base import Features, classification_metrics
+from protocols.zero_shot import class_embeddings, clip_benchmark_record, retrieval_recall
 
 # ----------------------------------------------------------------------------- loss
 
@@ -125,12 +121,12 @@ def test_classification_metrics_by_hand():
     ranked = [6.0, 5, 4, 3, 2, 1]
     logits = torch.tensor([ranked, ranked, ranked, [1.0, 6, 5, 4, 3, 2], ranked])
     y = torch.tensor([0, 2, 5, 1, 1])
-    m = classification_metrics(logits, y)
+    m = classification_metrics(logits, y, 6)
     # predictions 0, 0, 0, 1, 0; class 5 is ranked 6th.
     assert m["top1"] == pytest.approx(2 / 5) and m["top5"] == pytest.approx(4 / 5)
     # recall per class present: 0 -> 1, 1 -> 1/2, 2 -> 0, 5 -> 0.
     assert m["mean_per_class_recall"] == pytest.approx(1.5 / 4)
-    assert math.isnan(classification_metrics(logits[:, :4], y.clamp(max=3))["top5"])
+    assert math.isnan(classification_metrics(logits[:, :4], y.clamp(max=3), 4)["top5"])
 
 
 def test_retrieval_recall_by_hand():
@@ -155,8 +151,8 @@ def test_clip_benchmark_record_shape():
     assert ret["metrics"]["text_retrieval_recall@1"] == metrics["retrieval"]["i2t_r1"]
 
 
-def test_zero_shot_skips_methods_without_text_tower():
-    f = Features(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), {"method": torch.nn.Linear(3, 3)})
+def test_zero_shot_skips_features_without_a_text_side():
+    f = Features(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
     assert PROTOCOLS.get("zero-shot")(f, f, seed=0) == {}
 
 
@@ -228,8 +224,8 @@ def test_clip_falls_back_to_class_name_captions():
     assert math.isfinite(float(out["loss"]))
     # Zero-shot still runs, and says the captions were the class names.
     test_ds = replace(ds, test_x=ds.train_x[:32], test_y=ds.train_y[:32])
-    feats = Features(m.encoder(_shapes_batch(ds, m, 32).images).detach(), test_ds.test_y,
-                     {"method": m, "dataset": test_ds, "split": "test", "num_classes": 10})
+    x = m.encoder(_shapes_batch(ds, m, 32).images).detach()
+    feats = Features(x, test_ds.test_y, 10, "test", text_side(m.eval(), test_ds, x, "cpu"))
     res = PROTOCOLS.get("zero-shot")(feats, feats, seed=0)
     assert set(res) == {"zero-shot"} and res["zero-shot"]["captions"] == "class-name fallback"
     assert 0.0 <= res["zero-shot"]["top1"] <= 1.0
@@ -256,7 +252,7 @@ def test_cli_run_writes_zero_shot_metrics(tmp_path):
 
 
 def test_zero_shot_reports_misaligned_class_sets(small_shapes):
-    # As load_dataset(..., test_per_class=3) leaves it: the split is subset, extras are not.
+    # A split subset without its extras: the class sets' labels no longer fit the images.
     ds = replace(small_shapes, test_x=small_shapes.test_x[:18], test_y=small_shapes.test_y[:18],
                  test_text=small_shapes.test_text[:18])
     cls = METHODS.get("clip")
@@ -264,24 +260,23 @@ def test_zero_shot_reports_misaligned_class_sets(small_shapes):
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in ds.mean_std())
     with torch.no_grad():
         x = m.encoder((ds.test_x.float() / 255 - mean) / std)
-    f = Features(x, ds.test_y, {"method": m, "dataset": ds, "split": "test"})
+    f = Features(x, ds.test_y, split="test", text=text_side(m, ds, x, "cpu"))
     res = PROTOCOLS.get("zero-shot")(f, f, seed=0)
     assert "top1" in res["zero-shot"] and "error" in res["zero-shot-colour"]
     assert res["retrieval"]["images"] == len(ds.test_y) == 18
 
 
-def test_zero_shot_same_from_cached_features_and_from_images(small_shapes):
+def test_text_side_projects_cached_features_as_encode_image_does(small_shapes):
     ds = small_shapes
     cls = METHODS.get("clip")
     m = cls(_context(ds), make_config(cls, {"text_width": 32})).eval()
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in ds.mean_std())
+    images = (ds.test_x.float() / 255 - mean) / std
     with torch.no_grad():
-        x = m.encoder((ds.test_x.float() / 255 - mean) / std)
-    from_features = PROTOCOLS.get("zero-shot")(*[Features(x, ds.test_y, {"method": m, "dataset": ds, "layer": "backbone"})] * 2)
-    # Features of another layer are not backbone features: the protocol re-encodes the test images.
-    from_images = PROTOCOLS.get("zero-shot")(*[Features(torch.zeros(len(x), 3), ds.test_y,
-                                                        {"method": m, "dataset": ds, "layer": "head"})] * 2)
-    for key in ("zero-shot", "zero-shot-combination", "retrieval"):
-        for field in ("top1", "top5", "i2t_r1", "t2i_r5"):
-            if field in from_features[key]:
-                assert from_features[key][field] == pytest.approx(from_images[key][field], abs=1e-6)
+        side = text_side(m, ds, m.encoder(images), "cpu")
+        torch.testing.assert_close(side.image, m.encode_image(images))
+    assert [cs.key for cs in side.class_sets] == ["zero-shot", "zero-shot-shape", "zero-shot-colour", "zero-shot-combination"]
+    assert side.captions.shape == (len(set(ds.test_text)), m.cfg.embed_dim)
+    assert [ds.test_text[i] for i in range(5)] == [sorted(set(ds.test_text))[j] for j in side.caption_of_image[:5]]
+    res = PROTOCOLS.get("zero-shot")(*[Features(torch.zeros(len(images), 3), ds.test_y, text=side)] * 2, retrieval_images=20)
+    assert res["retrieval"]["images"] == 20 and res["retrieval"]["texts"] <= 20

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from bench.data import DATASETS, class_subset, fmnist_candidates, load_dataset
+from bench.data import DATASETS, class_subset, load_dataset
+from bench.data.fashion_mnist import fmnist_candidates
 
 
 def test_digits_is_uint8_nchw_with_int64_labels():

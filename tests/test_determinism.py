@@ -8,14 +8,14 @@ import json
 import torch
 
 from bench.config import RunConfig
-from bench.pipeline import run_one
-from bench.store import _jsonable
+from bench.runner import run_one
+from bench.store import jsonable
 from bench.train import seed_everything
 
 
 def _exact(rec: dict) -> str:
     # JSON text: NaN (top-5 with few classes) compares equal to itself, floats are written to the last bit.
-    return json.dumps(_jsonable({"metrics": rec["metrics"], "history": rec["training"]["history"]}), sort_keys=True)
+    return json.dumps(jsonable({"metrics": rec["metrics"], "history": rec["training"]["history"]}), sort_keys=True)
 
 
 def test_same_deterministic_config_twice_is_bit_identical_with_every_protocol(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bench.config import RunConfig
-from bench.pipeline import run_one
 from bench.report import aggregate, flatten
+from bench.runner import run_one
 from methods.simclr import SimCLR
 
 TINY = dict(dataset="digits", per_class=20, test_per_class=5, epochs=2, batch_size=50, protocols=("knn",))

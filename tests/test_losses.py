@@ -11,17 +11,13 @@ import math
 import pytest
 import torch
 
-from methods.losses import (
-    barlow_twins_loss,
-    byol_loss,
-    dino_loss,
-    info_nce_loss,
-    nce_loss,
-    simsiam_loss,
-    sinkhorn_knopp,
-    swav_loss,
-    vicreg_loss,
-)
+from methods.losses.barlow import barlow_twins_loss
+from methods.losses.byol import byol_loss, simsiam_loss
+from methods.losses.dino import dino_loss
+from methods.losses.instdisc import nce_loss
+from methods.losses.moco import info_nce_loss
+from methods.losses.swav import sinkhorn_knopp, swav_loss
+from methods.losses.vicreg import vicreg_loss
 
 SHAPES = [(1, 8), (2, 3), (5, 16), (16, 4)]  # (N, D)
 TOL = dict(rtol=1e-9, atol=1e-9)

@@ -11,7 +11,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from protocols import PROTOCOLS
 from protocols.base import Features
-from protocols.kmeans import cluster_accuracy, fit_predict, kmeans_plusplus, lloyd
+from protocols.kmeans import cluster_accuracy
+from protocols.solvers.kmeans import fit_predict, kmeans_plusplus, lloyd
 
 
 def brute_force_accuracy(y_true, y_pred):
@@ -103,5 +104,5 @@ def test_tiny_data_and_fewer_samples_than_classes():
     x, y = torch.randn(30, 4, generator=g), torch.arange(30) % 3
     out = PROTOCOLS.get("kmeans")(Features(x[:3], y[:3]), Features(x[3:], y[3:]))["kmeans"]
     assert all(math.isfinite(out[m]) for m in ("nmi", "ari", "acc"))
-    out = PROTOCOLS.get("kmeans")(Features(x[:2], y[:2], {"num_classes": 3}), Features(x[2:], y[2:]))["kmeans"]
+    out = PROTOCOLS.get("kmeans")(Features(x[:2], y[:2], 3), Features(x[2:], y[2:]))["kmeans"]
     assert math.isfinite(out["acc"])

@@ -8,8 +8,8 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from protocols import PROTOCOLS
-from protocols.base import Features
-from protocols.knn import class_votes, search, true_class_rank
+from protocols.base import Features, true_class_rank
+from protocols.knn import class_votes, search
 
 
 def blobs(n, d=16, c=6, seed=0, spread=1.5):
@@ -55,7 +55,7 @@ def test_protocol_top1_top5_match_reference():
     train, test = Features(x[:600], y[:600]), Features(x[600:], y[600:])
     out = PROTOCOLS.get("knn")(train, test)
     ref = reference_knn(x[:600], y[:600], x[600:], 20, 0.07, 6)
-    ranks = true_class_rank(ref.float(), y[600:])
+    ranks = true_class_rank(ref.float(), y[600:], votes=True)
     assert out["knn"]["top1"] == pytest.approx((ranks == 0).float().mean().item())
     assert out["knn"]["top5"] == pytest.approx((ranks < 5).float().mean().item())
     assert out["knn"]["k"] == 20 and out["knn"]["temperature"] == 0.07
@@ -85,15 +85,15 @@ def test_default_keys_and_settings_recorded():
 def test_top5_counts_only_classes_with_votes():
     # k=1: one class gets a vote; DINO's topk would count four arbitrary zero-vote classes as "top 5".
     votes = class_votes(torch.tensor([[0.9]]), torch.tensor([[3]]), 10, 1)
-    assert true_class_rank(votes, torch.tensor([3])).item() == 0
-    assert true_class_rank(votes, torch.tensor([0])).item() == 10  # no vote: never in the top 5
+    assert true_class_rank(votes, torch.tensor([3]), votes=True).item() == 0
+    assert true_class_rank(votes, torch.tensor([0]), votes=True).item() == 10  # no vote: never in the top 5
 
 
 def test_ties_go_to_the_lower_class():
     votes = torch.tensor([[2.0, 5.0, 5.0, 1.0, 0.0, 0.0]])
-    assert true_class_rank(votes, torch.tensor([1])).item() == 0
-    assert true_class_rank(votes, torch.tensor([2])).item() == 1
-    assert true_class_rank(votes, torch.tensor([0])).item() == 2
+    assert true_class_rank(votes, torch.tensor([1]), votes=True).item() == 0
+    assert true_class_rank(votes, torch.tensor([2]), votes=True).item() == 1
+    assert true_class_rank(votes, torch.tensor([0]), votes=True).item() == 2
 
 
 def test_tiny_data_few_classes_and_k_above_train_size():

@@ -8,8 +8,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import protocols.linear as lin
+import protocols.solvers.lbfgs as lbfgs
+import protocols.solvers.products as products_module
 from protocols import PROTOCOLS
 from protocols.base import Features
+from protocols.solvers.logreg import Problem, from_span, predict_logits, span_basis, to_span, with_bias
+from protocols.solvers.products import Products, dithered_bf16, product_dtype, transposed
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +26,14 @@ def digits():
 
 
 def accuracy(w, x, y):
-    return (lin.predict_logits(w, x).argmax(1) == y).float().mean().item()
+    return (predict_logits(w, x).argmax(1) == y).float().mean().item()
 
 
 @pytest.mark.parametrize("lam", [1e-5, 1e-3, 1e-1])
 def test_fit_matches_sklearn_at_the_same_c(digits, lam):
     x, y, xt, yt = digits
-    problem = lin.Problem.build(lin.with_bias(x)[None], y[None], 10)
-    w, info = lin.fit(problem, torch.tensor([[lam]]), tol=1e-5)
+    problem = Problem.build(with_bias(x)[None], y[None], 10)
+    w, info = lbfgs.fit(problem, torch.tensor([[lam]]), tol=1e-5)
     sk = LogisticRegression(C=1 / (lam * len(x)), max_iter=10000, tol=1e-10).fit(x.numpy(), y.numpy())
     assert bool(info["converged"].all())
     assert abs(accuracy(w[0, 0], xt, yt) - sk.score(xt.numpy(), yt.numpy())) <= 0.005
@@ -40,7 +44,7 @@ def test_fit_matches_sklearn_at_the_same_c(digits, lam):
 
 
 def objective(w, x, y, lam):
-    logits = lin.predict_logits(w, x).double()
+    logits = predict_logits(w, x).double()
     return (torch.nn.functional.cross_entropy(logits, y) + 0.5 * lam * w[:-1].double().pow(2).sum()).item()
 
 
@@ -48,22 +52,22 @@ def test_batched_problems_and_lambdas_equal_separate_fits(digits):
     x, y, _, _ = digits
     parts = [torch.arange(0, 600), torch.arange(600, 1200)]
     lams = torch.tensor([[1e-4, 1e-2], [1e-3, 1e-1]])
-    batch = lin.Problem.build(lin.with_bias(torch.stack([x[p] for p in parts])), torch.stack([y[p] for p in parts]), 10)
-    w, _ = lin.fit(batch, lams, tol=1e-6)
+    batch = Problem.build(with_bias(torch.stack([x[p] for p in parts])), torch.stack([y[p] for p in parts]), 10)
+    w, _ = lbfgs.fit(batch, lams, tol=1e-6)
     for b, p in enumerate(parts):
-        single = lin.Problem.build(lin.with_bias(x[p])[None], y[p][None], 10)
+        single = Problem.build(with_bias(x[p])[None], y[p][None], 10)
         for j in range(2):
-            ws, _ = lin.fit(single, lams[b, j].view(1, 1), tol=1e-6)
+            ws, _ = lbfgs.fit(single, lams[b, j].view(1, 1), tol=1e-6)
             assert objective(w[b, j], x[p], y[p], lams[b, j].item()) == pytest.approx(
                 objective(ws[0, 0], x[p], y[p], lams[b, j].item()), abs=1e-6)
 
 
 def test_warm_start_reaches_the_same_optimum(digits):
     x, y, _, _ = digits
-    problem = lin.Problem.build(lin.with_bias(x)[None], y[None], 10)
-    cold, _ = lin.fit(problem, torch.tensor([[1e-3]]), tol=1e-6)
-    start, _ = lin.fit(problem, torch.tensor([[1e-2]]), tol=1e-6)
-    warm, info = lin.fit(problem, torch.tensor([[1e-3]]), start[:, 0:1], tol=1e-6)
+    problem = Problem.build(with_bias(x)[None], y[None], 10)
+    cold, _ = lbfgs.fit(problem, torch.tensor([[1e-3]]), tol=1e-6)
+    start, _ = lbfgs.fit(problem, torch.tensor([[1e-2]]), tol=1e-6)
+    warm, info = lbfgs.fit(problem, torch.tensor([[1e-3]]), start[:, 0:1], tol=1e-6)
     assert objective(warm[0, 0], x, y, 1e-3) == pytest.approx(objective(cold[0, 0], x, y, 1e-3), abs=1e-6)
 
 
@@ -125,11 +129,11 @@ def test_protocol_within_half_a_point_of_sklearn(digits):
 
 
 def test_bfloat16_products_reach_the_float32_optimum(digits):
-    if lin.product_dtype(10**9, torch.device("cpu")) != torch.bfloat16:
+    if product_dtype(10**9, torch.device("cpu")) != torch.bfloat16:
         pytest.skip("no native bfloat16 products on this CPU")
     x, y, xt, yt = digits
     lam = torch.tensor([[1e-4, 1e-3]])
-    ws = {dt: lin.fit(lin.Problem.build(lin.with_bias(x)[None], y[None], 10, dt), lam, tol=1e-5)[0]
+    ws = {dt: lbfgs.fit(Problem.build(with_bias(x)[None], y[None], 10, dt), lam, tol=1e-5)[0]
           for dt in (torch.float32, torch.bfloat16)}
     for j in range(2):
         f32, f16 = (objective(ws[dt][0, j], x, y, lam[0, j].item()) for dt in (torch.float32, torch.bfloat16))
@@ -137,21 +141,27 @@ def test_bfloat16_products_reach_the_float32_optimum(digits):
         assert abs(accuracy(ws[torch.bfloat16][0, j], xt, yt) - accuracy(ws[torch.float32][0, j], xt, yt)) <= 0.006
 
 
-def test_bfloat16_products_match_float32_with_a_transposed_copy_of_some_rows(digits):
-    if lin.product_dtype(10**9, torch.device("cpu")) != torch.bfloat16:
+@pytest.mark.parametrize("split", [True, False])
+def test_bfloat16_products_match_float32_in_every_layout(digits, monkeypatch, split):
+    if product_dtype(10**9, torch.device("cpu")) != torch.bfloat16:
         pytest.skip("no native bfloat16 products on this CPU")
-    x, y = digits[0][:1000], digits[1][:1000]
-    xb = lin.with_bias(x)[None]
-    fast, whole_t = lin.low_precision(xb, torch.bfloat16)
+    monkeypatch.setattr(products_module, "SPLIT_ON_CPU", split)
+    x = digits[0][:1000]
+    xb = with_bias(x)[None]
     r, a = torch.randn(1, 20, 1000, generator=torch.Generator().manual_seed(0)), torch.randn(1, 20, 65)
-    backward, forward = (r @ xb).transpose(1, 2), a @ xb.transpose(1, 2)
-    # The refit's layout: a transposed copy of the first 600 rows only, the rest through the row-major copy.
-    for fast_t in (whole_t, lin.transposed(fast[:, :600]), None):
-        p = lin.Problem.build(xb, y[None], 10, torch.bfloat16, fast=(fast, fast_t))
-        got = p.residual_times_x(r)
-        assert got.shape == backward.shape
-        assert (got - backward).abs().max() <= 0.01 * backward.abs().max()
-        assert (p.times_x_t(a) - forward).abs().max() <= 0.01 * forward.abs().max()
+    # The refit's layout: a transposed copy of the first 600 rows only, the rest through the row-major copy; and
+    # the sweep's: the first 600 rows alone, sharing the copies.
+    for rows in (None, 600):
+        p = Products.build(xb, torch.bfloat16, transposed_rows=rows)
+        assert p.split == split
+        for q, n in ((p, 1000), (p.head(600), 600)) if rows else ((p, 1000),):
+            backward, forward = (r[..., :n] @ xb[:, :n]).transpose(1, 2), a @ xb[:, :n].transpose(1, 2)
+            got = q.backward(r[..., :n])
+            assert got.shape == backward.shape
+            assert (got - backward).abs().max() <= 0.01 * backward.abs().max()
+            assert (q.forward(a) - forward).abs().max() <= 0.01 * forward.abs().max()
+            assert torch.equal(q.forward(a, exact=True), forward)
+    assert transposed(xb.bfloat16()).shape == (1, 66, 1000)  # D+1 = 65 rows padded to an even 66
 
 
 def test_unnormalised_raw_pixels(digits):
@@ -192,18 +202,18 @@ def test_fit_in_the_span_of_few_samples_is_the_full_solution(digits, lam):
     g = torch.Generator().manual_seed(0)
     idx = torch.stack([torch.randperm(len(digits[0]), generator=g)[:30] for _ in range(2)])  # 30 samples < 64 features
     x, y = digits[0][idx], digits[1][idx]
-    full, info = lin.fit(lin.Problem.build(lin.with_bias(x), y, 10), torch.full((2, 1), lam), tol=1e-5)
-    mean, q = lin.span_basis(x)
-    small, info_small = lin.fit(lin.Problem.build(lin.with_bias(lin.to_span(x, mean, q)), y, 10), torch.full((2, 1), lam),
+    full, info = lbfgs.fit(Problem.build(with_bias(x), y, 10), torch.full((2, 1), lam), tol=1e-5)
+    mean, q = span_basis(x)
+    small, info_small = lbfgs.fit(Problem.build(with_bias(to_span(x, mean, q)), y, 10), torch.full((2, 1), lam),
                                 tol=1e-5)
-    mapped = lin.from_span(small[:, 0], mean, q)
+    mapped = from_span(small[:, 0], mean, q)
     assert bool(info["converged"].all()) and bool(info_small["converged"].all())
     assert q.shape == (2, 64, 30)
     for b in range(2):
         # Both stop at a gradient of 1e-5, which leaves objectives ~1e-6 apart (measured up to 2.2e-6 at lambda
         # 1e-4); a wrong mapping from the span costs far more.
         assert objective(mapped[b], x[b], y[b], lam) <= objective(full[b, 0], x[b], y[b], lam) + 1e-5
-        agree = (lin.predict_logits(mapped[b], xt).argmax(1) == lin.predict_logits(full[b, 0], xt).argmax(1)).float().mean()
+        agree = (predict_logits(mapped[b], xt).argmax(1) == predict_logits(full[b, 0], xt).argmax(1)).float().mean()
         assert agree >= 0.99
 
 
@@ -214,14 +224,14 @@ def test_dithered_bfloat16_rounding_is_unbiased_and_exact():
     # Residuals alike across samples: round-to-nearest moves their sum by a whole bfloat16 step.
     same = torch.full((2, n), 0.1234567)
     same[1] *= -1
-    q = lin.dithered_bf16(same, dither).float()
+    q = dithered_bf16(same, dither).float()
     assert q.dtype == torch.float32 and bool((q.bfloat16().float() == q).all())  # exact in bfloat16
     assert abs(q[0].mean().item() - 0.1234567) < 2e-6 and abs(q[1].mean().item() + 0.1234567) < 2e-6
     assert abs(same[0].bfloat16().float().mean().item() - 0.1234567) > 5e-5  # what dithering avoids
     spread = torch.randn(n, generator=g) * torch.logspace(-30, 5, n)
-    q = lin.dithered_bf16(spread, dither).float()
+    q = dithered_bf16(spread, dither).float()
     assert bool(((q - spread).abs() <= spread.abs() * 2**-7).all()) and bool((q.sign() == spread.sign()).all())
-    assert bool((lin.dithered_bf16(torch.zeros(4), dither[:4]) == 0).all())
+    assert bool((dithered_bf16(torch.zeros(4), dither[:4]) == 0).all())
 
 
 def test_sweep_start_interpolates_between_fitted_neighbours():
@@ -239,9 +249,9 @@ def test_sweep_start_interpolates_between_fitted_neighbours():
 
 def test_a_start_that_meets_the_tolerance_needs_no_preconditioner(digits, monkeypatch):
     x, y, _, _ = digits
-    problem = lin.Problem.build(lin.with_bias(x)[None], y[None], 10)
-    w, _ = lin.fit(problem, torch.tensor([[1e-3]]), tol=1e-6)
-    monkeypatch.setattr(lin, "precondition", lambda *a: pytest.fail("made a preconditioner"))
-    again, info = lin.fit(problem, torch.tensor([[1e-3]]), w, tol=1e-5)
+    problem = Problem.build(with_bias(x)[None], y[None], 10)
+    w, _ = lbfgs.fit(problem, torch.tensor([[1e-3]]), tol=1e-6)
+    monkeypatch.setattr(lbfgs, "precondition", lambda *a: pytest.fail("made a preconditioner"))
+    again, info = lbfgs.fit(problem, torch.tensor([[1e-3]]), w, tol=1e-5)
     assert int(info["iterations"][0, 0]) == 0 and bool(info["converged"].all())
     assert torch.equal(again, w)

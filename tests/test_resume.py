@@ -20,7 +20,7 @@ import torch
 import methods
 from bench.config import RunConfig
 from bench.data import load_dataset
-from bench.pipeline import context
+from bench.runner import context
 from bench.store import REPO_ROOT, load_checkpoint
 from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods.base import make_config
@@ -132,8 +132,7 @@ def _trainer(method: str, run_dir: Path, seed_before_build: int) -> Trainer:
     return Trainer(cls(context(cfg, ds), make_config(cls, {})), ds, cfg, run_dir, progress=False)
 
 
-TRAINABLE = [m for m in methods.METHODS.names()
-             if methods.METHODS.get(m).trainable and not methods.METHODS.get(m).fits_without_sgd]
+TRAINABLE = [m for m, cls in methods.METHODS.items() if cls.trained_by == "sgd"]
 
 
 @pytest.fixture

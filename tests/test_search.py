@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import methods
-from bench import search
 from bench.data import load_dataset
-from bench.spaces import paper_defaults
+from bench.experiments import search, search_report
+from bench.experiments.search_space import paper_defaults
+from bench.experiments.storage import parse_storage
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +24,7 @@ def one_thread():
 
 
 def finished(study):
-    return study.get_trials(deepcopy=False, states=search.finished_states())
+    return study.get_trials(deepcopy=False, states=search.FINISHED)
 
 
 def load(storage, name="simclr-smoke-n3"):
@@ -40,7 +41,7 @@ def test_search_writes_sqlite_study_with_paper_defaults_first(cli, tmp_path):
     cls = methods.METHODS.get("simclr")
     suite = search.SEARCH_SUITES.get("smoke")
     ds = search.carve_validation(load_dataset("digits", None, 30, 10), suite.val_fraction)
-    assert first.params == paper_defaults("simclr", cls, suite.base("simclr"), len(ds.train_y))
+    assert first.params == paper_defaults(cls, suite.base("simclr"), len(ds.train_y))
     assert first.params["lr"] == cls.paper_recipe.lr and first.params["temperature"] == cls.Config().temperature
     assert first.user_attrs["paper_defaults"] is True
     assert 1 in first.intermediate_values  # the pruner was fed epoch 1
@@ -107,13 +108,14 @@ def test_divergence_fails_the_trial_with_its_reason(tmp_path, monkeypatch):
         self.state.status, self.state.status_detail = "diverged", {"step": 1, "loss": float("nan")}
 
     monkeypatch.setattr(Trainer, "run_epoch", diverge)
-    spec = search.parse_storage(None, tmp_path)
-    rows = search.run_search(["simclr"], search.SEARCH_SUITES.get("smoke"), 1, spec, tmp_path, seeds=3, log=lambda _: None)
+    spec = parse_storage(None, tmp_path)
+    rows = search.run_search(["simclr"], search.SEARCH_SUITES.get("smoke"), search.Budget(1), spec, tmp_path, seeds=3,
+                             log=lambda _: None)
     trial = load(spec.target, "simclr-smoke-n1").trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "diverged" and trial.user_attrs["fail_detail"]["step"] == 1
     assert rows[0]["fail"] == 1 and rows[0]["test_tuned_n"] == 0  # nothing to re-run
-    assert search.budget_values(load(spec.target, "simclr-smoke-n1")) == [pytest.approx(0.1)]  # chance level
+    assert search_report.budget_values(load(spec.target, "simclr-smoke-n1")) == [pytest.approx(0.1)]  # chance level
 
 
 def test_validation_split_is_carved_from_train_only():
@@ -133,9 +135,9 @@ def test_sampler_flags_are_explicit():
 
 
 def test_methods_all_reruns_best_with_fresh_seeds(tmp_path):
-    spec = search.parse_storage(None, tmp_path)
+    spec = parse_storage(None, tmp_path)
     suite = search.SEARCH_SUITES.get("smoke")
-    rows = search.run_search(["simclr", "supervised"], suite, 2, spec, tmp_path, seeds=3, log=lambda _: None)
+    rows = search.run_search(["simclr", "supervised"], suite, search.Budget(2), spec, tmp_path, seeds=3, log=lambda _: None)
     assert [r["method"] for r in rows] == ["simclr", "supervised"]
     from bench.report import load_records
 

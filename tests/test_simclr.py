@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from methods.losses import nt_xent_loss
+from methods.losses.contrastive import nt_xent_loss
 
 
 def nt_xent_reference(z0, z1, t):

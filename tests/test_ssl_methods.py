@@ -14,18 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.augment import Augmenter
-from bench.config import UNIFIED_RECIPE, Recipe
+from bench.augment import Augmenter, normalise
 from bench.data import load_dataset
 from bench.optim import build_optimizer
 from methods import METHODS
-from methods.base import Batch, Context, make_config
+from methods.base import Batch, Context, TextTower, make_config
 from methods.ema import EMA, cosine_momentum
-from methods.losses import swav_loss
+from methods.losses.swav import swav_loss
+from methods.spec import UNIFIED_RECIPE, Recipe
 
 SMALL_CONVNET = {"widths": (8, 16, 16, 32)}
 N = 8
-TRAINABLE = [n for n in METHODS.names() if METHODS.get(n).trainable and not METHODS.get(n).fits_without_sgd]
+TRAINABLE = [n for n, cls in METHODS.items() if cls.trained_by == "sgd"]
 CASES = [(n, {}) for n in TRAINABLE] + [("instdisc", {"loss": "nce"})]
 
 
@@ -62,8 +62,8 @@ def make_batch(method, digits, seed, n=N):
     torch.manual_seed(seed)
     aug = Augmenter(method.views, ds.channels, ds.image_size, mean, std)
     x = ds.train_x[idx]
-    tokens = getattr(method, "train_tokens", None)
-    return Batch(views=aug(x), images=aug.normalise(aug.to_float(x)), labels=ds.train_y[idx], index=idx,
+    tokens = method.train_tokens if isinstance(method, TextTower) else None
+    return Batch(views=aug(x), images=normalise(x, mean, std), labels=ds.train_y[idx], index=idx,
                  text=tokens[idx] if tokens is not None else None)
 
 

@@ -5,12 +5,12 @@ import torch
 
 import methods
 from bench.config import Recipe, RunConfig
+from bench.core.device import native_bf16
 from bench.data import load_dataset
 from bench.optim import LARS, apply_recipe_step, build_optimizer, build_scheduler, lr_factor, weight_decay_at
-from bench.pipeline import context
-from bench.train import CHECKPOINT, COLLAPSE_STD_RATIO, Trainer, collapse_stats, cpu_autocast_pays, seed_everything
+from bench.runner import context
+from bench.train import CHECKPOINT, COLLAPSE_STD_RATIO, Trainer, collapse_stats, seed_everything
 from methods.base import make_config
-from protocols.features import native_bf16
 
 
 def _trainer(tmp_path, method="simclr", epochs=2, **kw):
@@ -134,7 +134,7 @@ def test_lars_trust_ratio():
 def test_cpu_autocast_is_kept_off_for_the_vit(tmp_path):
     vit = _trainer(tmp_path / "vit", method="mae", epochs=1)
     conv = _trainer(tmp_path / "conv", method="simclr", epochs=1)
-    assert not cpu_autocast_pays(vit.method) and cpu_autocast_pays(conv.method)
+    assert vit.method.float32_on_cpu() and not conv.method.float32_on_cpu()
     assert vit.amp is False  # on any CPU, AMX or not
     assert conv.amp == native_bf16(torch.device("cpu"))
     assert _trainer(tmp_path / "off", method="simclr", epochs=1, amp=False).amp is False

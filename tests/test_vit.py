@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 from methods.backbones import BACKBONES, build_backbone
 from methods.vit import ViT, patchify, random_masking, sincos_2d, unpatchify
 

@@ -6,16 +6,18 @@ import argparse
 from pathlib import Path
 
 from bench.args import int_range
-
-NAME = "ablate"
-HELP = "run an ablation grid (recipe, simclr-head, moco-momentum, dino-centering, augment, batch, smoke, quick-ablation)"
+from bench.core.errors import UsageError
+from bench.experiments.ablate import check_seeds
+from bench.experiments.ablate_report import run_ablation
+from bench.experiments.scales import SCALES
+from bench.store import ensure_writable_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", required=True, help="grid name (recipe, simclr-head, moco-momentum, dino-centering, augment, "
-                   "batch, smoke, quick-ablation)")
+                   "batch, floors, smoke, quick-ablation)")
     p.add_argument("--seeds", type=int_range(1, 100), default=3, help="seeds per cell, at least 3 (default 3)")
-    p.add_argument("--scale", default="quick", choices=["quick", "smoke"], help="data and budget (default quick)")
+    p.add_argument("--scale", default="quick", choices=sorted(SCALES), help="data and budget (default quick)")
     p.add_argument("--out", default="results/ablations", help="records and tables (default results/ablations)")
     p.add_argument("--tuned", help="records of 'repbench search' (its --out) for the tuned column of the recipe grid")
     p.add_argument("--jobs", type=int_range(1, 64), default=1,
@@ -24,15 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.ablate import MIN_SEEDS, run_ablation
-    from bench.errors import UsageError
-    from bench.store import ensure_writable_dir as check_out_dir
-
-    if a.seeds < MIN_SEEDS:
-        raise UsageError(f"--seeds {a.seeds}: every cell needs at least {MIN_SEEDS} seeds for an interval")
+    check_seeds(a.seeds)
     if a.tuned and not Path(a.tuned).is_dir():
         raise UsageError(f"--tuned {a.tuned} is not a folder; pass the --out of 'repbench search --methods all'")
     out = Path(a.out)
-    check_out_dir(out)
+    ensure_writable_dir(out)
     print(run_ablation(a.grid, a.seeds, out, a.scale, a.data_root, Path(a.tuned) if a.tuned else None, jobs=a.jobs))
     return 0

@@ -7,10 +7,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-NAME = "check"
-HELP = "CI regression check: run the ci suite, compare every metric with results/baselines/ci.json"
-DESCRIPTION = (HELP + ". Exit 0: every metric within its tolerance (bench/check.py, TOLERANCES); exit 1: one "
-               "'REGRESSION' line per metric that moved; --update rewrites the baseline on purpose.")
+from bench.core.errors import UsageError
+from bench.experiments import SUITES
+from bench.experiments.check import (
+    DEFAULT_BASELINE,
+    UPDATE_HINT,
+    baseline_document,
+    compare,
+    config_drift,
+    load_baseline,
+    run_suite,
+)
+from bench.runner import validate
+from bench.store import ensure_writable_dir, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,40 +31,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.check import DEFAULT_BASELINE, UPDATE_HINT, baseline_document, compare, load_baseline, run_suite
-    from bench.errors import UsageError
-    from bench.pipeline import validate
-    from bench.store import ensure_writable_dir, write_json
-    from bench.suites import SUITES
-
     configs = SUITES.get(a.suite)()
     for c in configs:
         validate(c)
     path = Path(a.baseline) if a.baseline else DEFAULT_BASELINE.with_name(f"{a.suite}.json")
-    # Everything that can be wrong with the input fails here, before minutes of training.
-    old = None
-    if a.update:
-        if path.is_dir():
-            raise UsageError(f"--baseline {path} is a directory; give a file path")
-        ensure_writable_dir(path.parent, "--baseline")
-        if path.exists():
-            try:
-                old = load_baseline(path)
-            except UsageError:
-                old = None  # replacing an unreadable baseline is what --update is for
-    else:
-        old = load_baseline(path)
-        if old.get("suite") != a.suite:
-            raise UsageError(f"{path} is the baseline of suite {old.get('suite')!r}, not {a.suite!r}; pass --baseline FILE")
+    old = _baseline_before(path, a)  # everything that can be wrong with the input fails here, before the runs
     if a.out:
         ensure_writable_dir(Path(a.out))
-
     with tempfile.TemporaryDirectory(prefix="repbench-check-") as tmp:
         runs = run_suite(configs, Path(a.out) if a.out else Path(tmp), a.data_root)
-
     now = {r: e["metrics"] for r, e in runs.items()}
-    before = {r: e["metrics"] for r, e in old["runs"].items()} if old else None
-    regressions, n = compare(before, now) if before is not None else ([], 0)
+    regressions, n = ([], 0)
+    if old is not None:
+        regressions, n = compare({r: e["metrics"] for r, e in old["runs"].items()}, now)
+        regressions = config_drift(configs, old) + regressions
     if a.update:
         write_json(path, baseline_document(a.suite, runs))
         for r in regressions:
@@ -71,3 +60,19 @@ def run(a: argparse.Namespace) -> int:
         return 1
     print(f"check: OK, {n} metrics of {len(now)} runs within tolerance of {path}", file=sys.stderr)
     return 0
+
+
+def _baseline_before(path: Path, a: argparse.Namespace) -> dict | None:
+    """The baseline to compare with (None: --update of a missing or unreadable one, which it replaces)."""
+    if not a.update:
+        old = load_baseline(path)
+        if old.get("suite") != a.suite:
+            raise UsageError(f"{path} is the baseline of suite {old.get('suite')!r}, not {a.suite!r}; pass --baseline FILE")
+        return old
+    if path.is_dir():
+        raise UsageError(f"--baseline {path} is a directory; give a file path")
+    ensure_writable_dir(path.parent, "--baseline")
+    try:
+        return load_baseline(path) if path.exists() else None
+    except UsageError:
+        return None  # replacing an unreadable baseline is what --update is for

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from bench.args import int_range
-from bench.errors import UsageError
+from bench.core.device import resolve_device
+from bench.core.errors import UsageError
+from bench.features import load_npz
+from bench.store import write_json
 from protocols import PROTOCOLS
-from protocols.base import Features
-from protocols.features import check_features
+from protocols.base import Features, check_features
 
-NAME = "eval-features"
-HELP = "evaluate features from .npz files (x (N, D), y (N,)) with the k-NN, linear, K-Means and few-shot protocols"
 DEFAULT_PROTOCOLS = "knn,linear,kmeans,fewshot"
 
 
@@ -46,49 +42,18 @@ def parse_protocols(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_npz(path: str, which: str) -> Features:
-    """x/y of one .npz file as Features; anything unusable is a UsageError naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--{which} {path}: no such file")
-    if not zipfile.is_zipfile(p):
-        raise UsageError(f"--{which} {path} is not an .npz archive; write it with numpy.savez(path, x=..., y=...)")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            missing = [k for k in ("x", "y") if k not in z.files]
-            if missing:
-                held = ", ".join(z.files) or "nothing"
-                raise UsageError(f"--{which} {path} has no array {missing[0]!r} (it holds {held}); "
-                                 "save features as x (N, D) and labels as y (N,)")
-            x, y = z["x"], z["y"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise UsageError(f"--{which} {path} cannot be read as .npz ({err})") from None
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise UsageError(f"--{which} {path}: x must hold real numbers, got dtype {x.dtype}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise UsageError(f"--{which} {path}: labels y must be integers 0..C-1, got dtype {y.dtype}")
-    if x.ndim != 2:
-        raise UsageError(f"--{which} {path}: x must be 2-D (N, D), got shape {x.shape}")
-    return Features(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                    torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)), {"source": str(p)})
-
-
 def run(args) -> int:
-    from bench.store import write_json
-
     names = parse_protocols(args.protocols)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    resolve_device(args.device)
     if args.out and Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a directory; give a file path such as {args.out}/metrics.json")
-    train, test = load_npz(args.train, "train"), load_npz(args.test, "test")
+    (tx, ty), (sx, sy) = load_npz(args.train, "train"), load_npz(args.test, "test")
+    train = Features(tx, ty, split="train")
+    test = Features(sx, sy, train.num_classes, "test")
     try:
         check_features(train, test)
     except UsageError as err:
         raise UsageError(f"{args.train} / {args.test}: {err}") from None
-    num_classes = int(train.y.max()) + 1
-    for f in (train, test):
-        f.meta.update(num_classes=num_classes, device=args.device)
     metrics: dict = {}
     for name in names:
         metrics.update(PROTOCOLS.get(name)(train, test, seed=args.seed, device=args.device))

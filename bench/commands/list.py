@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-NAME = "list"
-HELP = "list registered methods, protocols, datasets, backbones or suites"
-KINDS = ("methods", "protocols", "datasets", "backbones", "suites")
+from bench.core.registry import Registry
+from bench.data import DATASETS
+from bench.experiments import SUITES
+from methods import METHODS
+from methods.backbones import BACKBONES
+from protocols import PROTOCOLS
+
+REGISTRIES: dict[str, Registry] = {"methods": METHODS, "protocols": PROTOCOLS, "datasets": DATASETS,
+                                   "backbones": BACKBONES, "suites": SUITES}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=KINDS)
-
-
-def registry(kind: str):
-    import methods
-    import protocols
-    from bench.data import DATASETS
-    from bench.suites import SUITES
-
-    return {"methods": methods.METHODS, "protocols": protocols.PROTOCOLS, "datasets": DATASETS,
-            "backbones": methods.BACKBONES, "suites": SUITES}[kind]
+    p.add_argument("kind", choices=list(REGISTRIES))
 
 
 def run(a: argparse.Namespace) -> int:
-    for name in registry(a.kind).names():
+    for name in REGISTRIES[a.kind].names():
         print(name)
     return 0

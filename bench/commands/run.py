@@ -10,12 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.args import float_range, int_range
-from bench.config import UNIFIED_RECIPE, RunConfig
-from bench.errors import UsageError
+from bench.config import RunConfig
+from bench.core.errors import UsageError
+from bench.experiments import SUITES
+from bench.report import write_table
+from bench.runner import Options, run_dir_for, run_many, validate
 from bench.store import ensure_writable_dir
-
-NAME = "run"
-HELP = "train and evaluate one method, or every config of a suite (--suite)"
+from methods import METHODS
+from methods.spec import UNIFIED_RECIPE
 
 # Flags that describe a single configuration; a suite fixes them itself.
 SINGLE_RUN_FLAGS = ("method", "dataset", "backbone", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
@@ -60,11 +62,9 @@ def parse_method_args(pairs: list[str] | None) -> dict:
 
 
 def single_config(a: argparse.Namespace) -> RunConfig:
-    import methods
-
     if not a.method or not a.dataset:
         raise UsageError("give --method and --dataset (or --suite NAME); see 'repbench list methods|datasets'")
-    cls = methods.METHODS.get(a.method)
+    cls = METHODS.get(a.method)
     recipe = cls.paper_recipe if a.recipe == "paper" else UNIFIED_RECIPE
     overrides = {k: v for k, v in (("lr", a.lr), ("weight_decay", a.weight_decay), ("optimizer", a.optimizer))
                  if v is not None}
@@ -78,17 +78,13 @@ def single_config(a: argparse.Namespace) -> RunConfig:
 
 
 def suite_configs(a: argparse.Namespace) -> list[RunConfig]:
-    from bench.suites import SUITES
-
-    given = [f"--{f.replace('_', '-')}" for f in SINGLE_RUN_FLAGS if getattr(a, f) is not None]
+    given = [f"--{f.replace('_', '-')}" for f in SINGLE_RUN_FLAGS if vars(a)[f] is not None]
     if given:
         raise UsageError(f"--suite fixes its own configs; drop {', '.join(given)} or run without --suite")
     return [replace(c, device=a.device, deterministic=a.deterministic or c.deterministic) for c in SUITES.get(a.suite)()]
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.pipeline import validate
-
     configs = suite_configs(a) if a.suite else [single_config(a)]
     if a.protocols is not None:  # "" means no protocol (train only)
         configs = [replace(c, protocols=tuple(p.strip() for p in a.protocols.split(",") if p.strip())) for c in configs]
@@ -100,31 +96,12 @@ def run(a: argparse.Namespace) -> int:
 
 
 def execute(configs: list[RunConfig], out: Path, a: argparse.Namespace) -> int:
-    from bench.data import load_dataset
-    from bench.pipeline import run_dir_for, run_one
-    from bench.report import write_table
-
     t0 = time.perf_counter()
-    cache: dict = {}
-    records = []
-    for i, c in enumerate(configs, 1):
-        key = (c.dataset, c.per_class, c.test_per_class)
-        if key not in cache:  # a suite loads each dataset once
-            cache = {key: load_dataset(c.dataset, a.data_root, c.per_class, c.test_per_class)}
-        t = time.perf_counter()
-        rec = run_one(c, out, a.data_root, a.resume, progress=not a.no_progress and sys.stderr.isatty(), ds=cache[key])
-        records.append(rec)
-        print(f"[{i}/{len(configs)}] {c.run_id()} {rec['status']} {summary_line(rec['metrics'])} "
-              f"({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
+    opts = Options(data_root=a.data_root, resume=a.resume, progress=not a.no_progress and sys.stderr.isatty())
+    records = list(run_many(configs, out, opts).values())
     runs = run_dir_for(configs[0], out).parent if a.suite else run_dir_for(configs[0], out)
     # The table covers exactly this invocation's runs, not stale records of older code in the same folder.
     text, md, _ = write_table(runs, runs, records=records)
     print(text)
     print(f"{len(configs)} run(s) in {time.perf_counter() - t0:.0f} s; table written to {md}", file=sys.stderr)
     return 0
-
-
-def summary_line(metrics: dict) -> str:
-    parts = [f"{k} {v['top1'] * 100:.1f}" for k, v in metrics.items()
-             if k in ("knn", "linear") and isinstance(v.get("top1"), float)]
-    return " ".join(parts)

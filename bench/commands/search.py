@@ -9,12 +9,13 @@ import argparse
 from pathlib import Path
 
 from bench.args import int_range
-from bench.errors import UsageError
-
-NAME = "search"
-HELP = "tune a method's hyperparameters with Optuna (validation kNN), or every method with --methods all"
-DESCRIPTION = (HELP + ". Several workers with the same --study and --storage share the budget: --trials is the "
-               "study's total; rerunning the command continues the study.")
+from bench.core.device import resolve_device
+from bench.core.errors import UsageError
+from bench.experiments.scales import trainable_methods
+from bench.experiments.search import PRUNERS, SEARCH_SUITES, Budget, run_search
+from bench.experiments.storage import parse_storage
+from bench.store import ensure_writable_dir
+from methods import METHODS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="SQLAlchemy URL or journal file (.log/.journal); default sqlite:///<out>/optuna.db")
     p.add_argument("--study", help="study name (default METHOD-SUITE-nTRIALS); with --methods, a prefix")
     p.add_argument("--out", default="results/search", help="reports, runs and the default database (default results/search)")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="pruner (default median)")
+    p.add_argument("--pruner", default="median", choices=list(PRUNERS), help="pruner (default median)")
     p.add_argument("--seeds", type=int_range(0, 100), default=3,
                    help="fresh-seed test re-runs of the best configuration: 0 to skip, else at least 3 (default 3)")
     p.add_argument("--sampler-seed", type=int_range(0, 2**31 - 1), default=0, help="TPE sampler seed (default 0)")
@@ -36,46 +37,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def method_list(a: argparse.Namespace) -> list[str]:
-    import methods
-    from bench.ablate import trainable_methods
-
     if a.method:
-        methods.METHODS.get(a.method)
+        METHODS.get(a.method)
         return [a.method]
     if not a.methods:
-        from bench.search import SEARCH_SUITES
-
-        suite = SEARCH_SUITES.get(a.suite)
-        if not suite.methods:
-            raise UsageError(f"suite {a.suite!r} names no methods; give --method NAME or --methods all")
-        return list(suite.methods)
+        return list(SEARCH_SUITES.get(a.suite).methods)
     if a.methods.strip() == "all":
         return trainable_methods()
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in names:
-        methods.METHODS.get(m)
+        METHODS.get(m)
     return names
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.search import SEARCH_SUITES, parse_storage, run_search
-    from bench.store import ensure_writable_dir as check_out_dir
-
     if a.seeds in (1, 2):
         raise UsageError(f"--seeds {a.seeds}: a confidence interval needs at least 3 seeds; use 0 to skip the re-runs")
-    if a.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    resolve_device(a.device)
     names = method_list(a)
     suite = SEARCH_SUITES.get(a.suite)
     out = Path(a.out)
     spec = parse_storage(a.storage, out)
-    check_out_dir(out)
-    rows = run_search(names, suite, a.trials or suite.trials, spec, out, study_name=a.study, pruner=a.pruner,
-                      sampler_seed=a.sampler_seed, worker_trials=a.worker_trials, seeds=a.seeds,
-                      data_root=a.data_root, device=a.device)
+    ensure_writable_dir(out)
+    budget = Budget(a.trials or suite.trials, a.worker_trials, a.study, a.pruner, a.sampler_seed)
+    rows = run_search(names, suite, budget, spec, out, seeds=a.seeds, data_root=a.data_root, device=a.device)
     for r in rows:
         print(f"{r['method']}\t{r['study']}\tval_paper {100 * r['val_paper']:.1f}\tval_best {100 * r['val_best']:.1f}\t"
               f"test_tuned {100 * r['test_tuned_mean']:.1f} (n={r['test_tuned_n']})")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-NAME = "table"
-HELP = "aggregate run records into a Markdown and CSV table"
+from bench.core.errors import UsageError
+from bench.report import DEFAULT_COLUMNS, write_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,14 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.report import DEFAULT_COLUMNS, write_table
-
     columns = tuple(c.strip() for c in a.metrics.split(",")) if a.metrics else DEFAULT_COLUMNS
     for c in columns:
         if "." not in c:
-            from bench.errors import UsageError
-
             raise UsageError(f"--metrics column {c!r} is not KEY.FIELD (e.g. knn.top1)")
-    text, md, csv = write_table(Path(a.runs), Path(a.out or a.runs), columns)
+    text, _, _ = write_table(Path(a.runs), Path(a.out or a.runs), columns)
     print(text)
     return 0

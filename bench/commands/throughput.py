@@ -6,9 +6,12 @@ import argparse
 import tempfile
 
 from bench.args import int_range
-
-NAME = "throughput"
-HELP = "measure steady-state training throughput (img/s; two views of an image count once)"
+from bench.config import RunConfig
+from bench.core.errors import UsageError
+from bench.data import load_dataset
+from bench.runner import validate
+from bench.throughput import build, measure, measure_per_image
+from methods import METHODS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,22 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bench.config import RunConfig
-    from bench.data import load_dataset
-    from bench.errors import UsageError
-    from bench.pipeline import validate
-    from bench.throughput import build, measure, measure_per_image
-
     cfg = RunConfig(method=a.method, dataset=a.dataset, backbone=a.backbone, batch_size=a.batch_size, device=a.device,
                     protocols=(), suite="throughput")
     validate(cfg)
+    if METHODS.get(a.method).trained_by != "sgd":
+        raise UsageError(f"method {a.method!r} does not train with SGD; throughput is measured on trainable methods")
     ds = load_dataset(a.dataset, a.data_root)
     if a.batch_size > len(ds.train_y):
         raise UsageError(f"--batch-size {a.batch_size} is larger than the {len(ds.train_y)} training images; lower it")
-    import methods
-
-    if not methods.METHODS.get(a.method).trainable or methods.METHODS.get(a.method).fits_without_sgd:
-        raise UsageError(f"method {a.method!r} does not train with SGD; throughput is measured on trainable methods")
     with tempfile.TemporaryDirectory() as tmp:
         ours = measure(build(cfg, ds, tmp), a.steps, a.warmup)
         print(f"repbench: {ours.line()}")

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
-from bench.errors import UsageError
+from bench.augment import normalise
+from bench.core.errors import UsageError
 from bench.store import atomic_write_bytes
 
 LAYERS = ("backbone", "head")
@@ -38,29 +39,24 @@ def extract(encoder: nn.Module, images_u8: torch.Tensor, mean, std, device: str 
     Shape: images_u8 (N, C, H, W) uint8 -> (N, D) float32 on the CPU.
     """
     device = torch.device(device)
-    # Measured on 2 cores, ConvNet, 10k images: batch 256 keeps activations in cache (1.35 s vs 1.8 s at 1024).
+    # On a CPU batch 256 keeps the activations in cache (results/benchmarks/throughput.md).
     batch_size = batch_size or (256 if device.type == "cpu" else 1024)
     net = inference_copy(encoder)
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     out = []
     with torch.inference_mode():
         for i in range(0, len(images_u8), batch_size):
-            x = images_u8[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
-            x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
-            out.append(net(x).float().cpu())
+            x = normalise(images_u8[i:i + batch_size].to(device, non_blocking=True), mean, std)
+            out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def inference_copy(encoder: nn.Module) -> nn.Module:
     """An eval-mode copy with each Conv/BatchNorm pair folded into one conv (torch.fx) and channels_last weights.
 
-    Measured on 2 cores, ConvNet over 10k Fashion-MNIST images: 5.2 s as is, 2.8 s channels_last, 1.35 s
-    folded + channels_last. Folding needs a traceable module; one that is not (data-dependent control flow)
-    is only copied. Features match the unfolded network to float32 round-off.
+    Folding roughly halves a convnet's extraction time on a CPU, channels_last as much again
+    (results/benchmarks/throughput.md). It needs a traceable module; one that is not (data-dependent control
+    flow) is only copied. Features match the unfolded network to float32 round-off.
     """
-    from torch.fx.experimental.optimization import fuse
-
     net = copy.deepcopy(encoder).eval()
     # torch.fx raises many kinds of error on untraceable code; the unfolded copy is still correct.
     with contextlib.suppress(Exception):
@@ -145,88 +141,31 @@ def cached_features(cache_dir: str | Path, compute: Callable[[], tuple[torch.Ten
     return x, y
 
 
-# --------------------------------------------------------------------------- helpers shared by the protocols
+def load_npz(path: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, D) float32 and y (N,) int64 of a features .npz file; anything unusable is a UsageError naming the file.
 
-
-def resolve_device(train, device: str | torch.device | None = None) -> torch.device:
-    """The device a protocol computes on: the explicit setting, else the pipeline's ``meta["device"]``, else CPU."""
-    dev = device or getattr(train, "meta", {}).get("device") or "cpu"
-    dev = torch.device(dev)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return dev
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matrix work is native here: CUDA, or a CPU with AMX or AVX512-BF16 (oneDNN).
-
-    The training loop's autocast and the linear probe's products both ask. Measured on this project's 2-core CPU
-    (AMX): the convnet SimCLR step under bf16 autocast 270 ms vs 460 ms in float32 for 2 views of 256.
-    Elsewhere bf16 is emulated and slower, so both stay float32.
+    Loaded with ``allow_pickle=False``: an archive holding object arrays is refused, never unpickled.
     """
-    if device.type == "cuda":
-        return True
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return device.type == "cpu" and any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
-
-
-# Below this many elements per operation a CPU op takes well under a millisecond, and waking a second
-# OpenMP thread costs more than it saves; on a shared, loaded machine a parallel region can wait a whole
-# scheduler slice for it (measured here under load: 5000x256 linear probe 47 s with 2 threads, 2.8 s with 1).
-SMALL_OP_ELEMENTS = 1 << 21
-
-
-@contextlib.contextmanager
-def threads_for(elements: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run single-threaded while the typical operation touches fewer than SMALL_OP_ELEMENTS elements."""
-    before = torch.get_num_threads()
-    single = torch.device(device).type == "cpu" and elements < SMALL_OP_ELEMENTS and before > 1
-    if single:
-        torch.set_num_threads(1)
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--{which} {path}: no such file")
+    if not zipfile.is_zipfile(p):
+        raise UsageError(f"--{which} {path} is not an .npz archive; write it with numpy.savez(path, x=..., y=...)")
     try:
-        yield
-    finally:
-        if single:
-            torch.set_num_threads(before)
-
-
-def threads_by_size(size: Callable[..., int]) -> Callable[[Callable], Callable]:
-    """Decorate a protocol to run single-threaded when ``size(train, test)`` (elements of its typical
-    operation) is small, see ``threads_for``. Eigendecompositions and small products inside LAPACK/BLAS
-    suffer the same wake-up cost as element-wise operations."""
-
-    def decorate(protocol: Callable) -> Callable:
-        @functools.wraps(protocol)
-        def wrapper(train, test, *args, **kwargs):
-            with threads_for(size(train, test), resolve_device(train, kwargs.get("device"))):
-                return protocol(train, test, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
-def check_features(train, test) -> None:
-    """Reject what no protocol can evaluate, with one line saying what is wrong (UsageError)."""
-    for name, f in (("train", train), ("test", test)):
-        if f.x.ndim != 2:
-            raise UsageError(f"{name} features must be a 2-D array (N, D), got shape {tuple(f.x.shape)}")
-        if f.y.ndim != 1 or len(f.y) != len(f.x):
-            raise UsageError(f"{name} labels must be a 1-D array with one label per row of x "
-                             f"({len(f.x)} rows), got shape {tuple(f.y.shape)}")
-        if len(f.x) == 0:
-            raise UsageError(f"{name} split is empty; it needs at least one sample")
-        if not torch.isfinite(f.x).all():
-            bad = int((~torch.isfinite(f.x)).any(1).sum())
-            raise UsageError(f"{name} features contain NaN or inf in {bad} row(s); fix or drop them")
-    if train.x.shape[1] != test.x.shape[1]:
-        raise UsageError(f"feature dimensions differ: train has {train.x.shape[1]}, test has {test.x.shape[1]}")
-    classes = int(train.y.max()) + 1
-    for name, f in (("train", train), ("test", test)):
-        lo, hi = int(f.y.min()), int(f.y.max())
-        if lo < 0 or hi >= classes:
-            raise UsageError(f"{name} labels must be 0..C-1 with C={classes} classes seen in train, "
-                             f"found {lo}..{hi}")
-    missing = sorted(set(range(classes)) - set(train.y.unique().tolist()))
-    if missing:
-        raise UsageError(f"train labels must cover 0..C-1; class(es) {missing[:5]} have no train sample")
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y") if k not in z.files]
+            if missing:
+                held = ", ".join(z.files) or "nothing"
+                raise UsageError(f"--{which} {path} has no array {missing[0]!r} (it holds {held}); "
+                                 "save features as x (N, D) and labels as y (N,)")
+            x, y = z["x"], z["y"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise UsageError(f"--{which} {path} cannot be read as .npz ({err})") from None
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise UsageError(f"--{which} {path}: x must hold real numbers, got dtype {x.dtype}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UsageError(f"--{which} {path}: labels y must be integers 0..C-1, got dtype {y.dtype}")
+    if x.ndim != 2:
+        raise UsageError(f"--{which} {path}: x must be 2-D (N, D), got shape {x.shape}")
+    return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))

@@ -1,24 +1,29 @@
-"""Name -> factory registries (methods, protocols, backbones, datasets, suites).
+"""Name -> object registries (methods, protocols, backbones, datasets, suites, grids).
 
-A registry is also the list that drives the parametrized tests (as timm does), so every
-registered entry is exercised by the test-suite without anyone remembering to add it.
+An entry is either the object or a ``"module:attribute"`` string, imported the first time the entry is
+asked for: listing names imports nothing, and a run imports only the method and dataset it uses. The
+tables of entries are written out where each registry is defined, so what is registered is read in
+one place, with no import side effects.
+
+A registry is also the list that drives the parametrized tests (as timm's does).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
-from bench.errors import UsageError
+from bench.core.errors import UsageError
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, entries: Mapping[str, T | str] | None = None) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T | str] = dict(entries or {})
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -32,7 +37,11 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._entries:
             raise UsageError(self.unknown_message(name))
-        return self._entries[name]
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = self._entries[name] = vars(importlib.import_module(module))[attr]
+        return entry
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
@@ -41,6 +50,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        """Every entry, imported."""
+        return [(name, self.get(name)) for name in self.names()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import UsageError
-from protocols.features import cache_path, cached_features, extract, feature_module
+from bench.core.errors import UsageError
+from bench.features import cache_path, cached_features, extract, feature_module
 
 
 class Counter:

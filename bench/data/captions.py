@@ -14,8 +14,7 @@
 Articles are never inflected ("a orange cross"): an "an" would leak the next word and differ from the
 zero-shot prompts, which fill "a {}" naively. Positions are vertical only (top / middle / bottom) so that
 a horizontal flip never makes a caption false.
-Per-image labels in ``extras`` are aligned with the full splits; ``load_dataset``'s per-class subsets do
-not subset ``extras`` (zero-shot checks the lengths and reports a mismatch instead of guessing).
+Per-image labels in ``extras`` are aligned with the splits and follow them into per-class subsets.
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from bench.data import DATASETS, Dataset, fashion_mnist
+from bench.data import Dataset
+from bench.data.fashion_mnist import fashion_mnist
 
 CAPTION_SEED = 0
 
@@ -83,7 +83,6 @@ def fashion_captions(labels: torch.Tensor, seed: int) -> list[str]:
     return out
 
 
-@DATASETS.register("fashion-mnist-captions")
 def fashion_mnist_captions(data_root: str | None = None) -> Dataset:
     """Fashion-MNIST with a seeded caption per image (templates x synonyms x attributes); see module docstring."""
     ds = fashion_mnist(data_root)
@@ -187,7 +186,6 @@ def combination_names() -> list[str]:
     return [f"{c} {s}" for s in SHAPES for c in COLOURS]
 
 
-@DATASETS.register("shapes")
 def shapes(data_root: str | None = None, n_train: int = SHAPES_TRAIN, n_test: int = SHAPES_TEST,
            seed: int = SHAPES_SEED) -> Dataset:
     """Procedural shapes with captions; the test split holds only the held-out (shape, colour) pairs."""

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from bench.data import load_dataset
+from bench.linear_paper import PAPER_RECIPES, linear_probe_paper
 from methods.backbones import build_backbone
-from protocols.linear import PAPER_RECIPES, linear_probe_paper
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,4 @@
-"""Datasets held in memory as uint8 (N, C, H, W) with int64 labels, behind a registry.
-
-Loaders return a ``Dataset``; nothing here decodes per image at training time.
-"""
+"""Fashion-MNIST (Xiao et al. 2017) from the Debian package, a user's folder or torchvision's download cache."""
 
 from __future__ import annotations
 
@@ -11,104 +8,13 @@ import shutil
 import subprocess
 import tempfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-import torch
+from torchvision.datasets import FashionMNIST
+from torchvision.datasets.utils import extract_archive
 
-from bench.errors import UsageError
-from bench.registry import Registry
-
-
-@dataclass
-class Dataset:
-    """Shape: train_x / test_x (N, C, H, W) uint8; train_y / test_y (N,) int64."""
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: list[str]
-    source: str = ""
-    # Captions per image, for image-text methods (None when the dataset has none).
-    train_text: list[str] | None = None
-    test_text: list[str] | None = None
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def channels(self) -> int:
-        return self.train_x.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train_x.shape[-1]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        x = self.train_x.float().div(255)
-        return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-
-
-DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
-
-
-def load_dataset(name: str, data_root: str | None = None, per_class: int | None = None,
-                 test_per_class: int | None = None) -> Dataset:
-    ds = DATASETS.get(name)(data_root=data_root)
-    for split, n in (("train", per_class), ("test", test_per_class)):
-        if n:
-            keep = class_subset(getattr(ds, f"{split}_y"), n)
-            text = getattr(ds, f"{split}_text")
-            ds = replace(ds, **{f"{split}_x": getattr(ds, f"{split}_x")[keep], f"{split}_y": getattr(ds, f"{split}_y")[keep],
-                                f"{split}_text": [text[i] for i in keep] if text else None,
-                                "extras": _subset_extras(ds.extras, split, keep)})
-    return ds
-
-
-def _subset_extras(extras: dict, split: str, keep: torch.Tensor) -> dict:
-    """Per-image extras (other class definitions, attributes) follow the images into a subset."""
-    out = dict(extras)
-    if "class_sets" in extras:
-        out["class_sets"] = {name: {**cs, f"{split}_y": torch.as_tensor(cs[f"{split}_y"])[keep]}
-                             for name, cs in extras["class_sets"].items()}
-    if "attributes" in extras and split in extras["attributes"]:
-        out["attributes"] = {**extras["attributes"],
-                             split: {k: torch.as_tensor(v)[keep] for k, v in extras["attributes"][split].items()}}
-    return out
-
-
-def class_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
-    """Indices of the first ``per_class`` images of each class in a seeded shuffle (same for every run)."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=g)
-    picked = [order[labels[order] == c][:per_class] for c in labels.unique()]
-    return torch.cat(picked).sort().values
-
-
-# --------------------------------------------------------------------------- digits
-
-
-@DATASETS.register("digits")
-def digits(data_root: str | None = None) -> Dataset:
-    """scikit-learn's 8x8 digits (1797 images, shipped with the package): the tests' dataset."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = torch.from_numpy(np.round(d.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
-    y = torch.from_numpy(d.target.astype(np.int64))
-    tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=d.target, random_state=0)
-    tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], source="sklearn.datasets.load_digits")
-
-
-# --------------------------------------------------------------------------- fashion-mnist
+from bench.core.errors import UsageError
+from bench.data import Dataset
 
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -125,8 +31,6 @@ def _has_fmnist(d: Path) -> bool:
 
 def _torchvision_root(candidate: Path) -> Path | None:
     """A root torchvision.datasets.FashionMNIST can read, staging plain or gzipped IDX files if needed."""
-    from torchvision.datasets.utils import extract_archive
-
     if _has_fmnist(candidate / "FashionMNIST" / "raw"):
         raw, root = candidate / "FashionMNIST" / "raw", candidate
     elif _has_fmnist(candidate):
@@ -171,15 +75,12 @@ def fmnist_candidates(data_root: str | None) -> list[Path]:
     return [DEBIAN_DIR, cache_dir() / "torchvision"]
 
 
-@DATASETS.register("fashion-mnist")
 def fashion_mnist(data_root: str | None = None) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60k/10k 28x28 grey images, 10 classes.
 
     Looked up in --data-root, then $REPBENCH_DATA, then the Debian package's folder, then the
     torchvision download cache of ``repbench data fetch``; read through torchvision.
     """
-    from torchvision.datasets import FashionMNIST
-
     candidates = fmnist_candidates(data_root)
     for cand in candidates:
         root = _torchvision_root(cand) if cand.is_dir() else None
@@ -215,8 +116,6 @@ def fetch_fashion_mnist() -> str:
             apt_err = f"apt-get failed ({err})"
     elif shutil.which("apt-get"):
         apt_err = "apt-get needs root"
-    from torchvision.datasets import FashionMNIST
-
     root = cache_dir() / "torchvision"
     try:
         FashionMNIST(str(root), train=True, download=True)
@@ -227,4 +126,3 @@ def fetch_fashion_mnist() -> str:
             f"could not get Fashion-MNIST: {apt_err}, and torchvision's download failed ({type(err).__name__}); "
             "as root run 'apt-get install dataset-fashion-mnist', or download the four IDX files and pass --data-root DIR"
         ) from None
-import bench.captions  # noqa: E402,F401  (registers the captioned datasets)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.config import RunConfig
-from bench.errors import UsageError
-from bench.store import REPO_ROOT, _jsonable, provenance, read_json
-from bench.suites import SUITES  # bench/suites.py imports this module only after SUITES exists
+from bench.core.errors import UsageError
+from bench.runner import Options, run_many
+from bench.store import REPO_ROOT, jsonable, provenance, read_json
+from methods import METHODS
 
 DEFAULT_BASELINE = REPO_ROOT / "results" / "baselines" / "ci.json"
 BASELINE_FORMAT = 1
@@ -28,18 +29,15 @@ UPDATE_HINT = "if the change is intended, rewrite the baseline with 'repbench ch
 # Pinned so that a many-core CI runner reduces in the same order as the 2-core machines the baseline came from.
 CHECK_THREADS = 2
 
-# Methods: the two floors (no training: they isolate the protocols and data), the supervised reference, SimCLR
-# (batch negatives), BYOL (EMA teacher, predictor) and MoCo v2 (EMA key encoder, queue): between them they drive
-# every part of the loop that keeps state across steps.
-CI_METHODS = ("raw", "random", "supervised", "simclr", "byol", "moco-v2")
-# 28x28 images too, as the quick suite trains on.
-CI_FMNIST_METHODS = ("raw", "simclr")
+# Methods: those whose file lists the dataset in ``ci_datasets``: the two floors (no training: they isolate the
+# protocols and data), the supervised reference, SimCLR (batch negatives), BYOL (EMA teacher, predictor) and MoCo
+# v2 (EMA key encoder, queue): between them they drive every part of the loop that keeps state across steps.
+CI_DATASETS = ("digits", "fashion-mnist")
 # Sizes: the protocols (the linear probe's and few-shot's regularisation sweeps above all) cost more than the
 # training, and their cost grows with the training set; 60/30 images per class keeps the whole check to minutes.
 CI_PER_CLASS, CI_TEST_PER_CLASS = 60, 30
 
 
-@SUITES.register("ci")
 def ci() -> list[RunConfig]:
     """The regression suite ``repbench check`` runs: fixed seed, deterministic, CPU, every registered protocol.
 
@@ -50,7 +48,7 @@ def ci() -> list[RunConfig]:
     """
     return [RunConfig(method=m, dataset=d, epochs=2, batch_size=100, seed=0, suite="ci", per_class=CI_PER_CLASS,
                       test_per_class=CI_TEST_PER_CLASS, deterministic=True, amp=False)
-            for d, names in (("digits", CI_METHODS), ("fashion-mnist", CI_FMNIST_METHODS)) for m in names]
+            for d in CI_DATASETS for m, cls in METHODS.items() if d in cls.ci_datasets]
 
 
 # --------------------------------------------------------------------------- tolerances
@@ -89,9 +87,9 @@ EXACT = Tolerance()
 # one machine every value repeats bit for bit. The tolerances absorb what differs between machines of this kind
 # (x86 CPUs, same wheels): MKL, oneDNN and ATen pick kernels by instruction set, which reorders float sums; two
 # epochs of SGD carry those last-bit differences into the weights, and images near a decision boundary flip.
-# Calibration: the ci suite run on this 2-core AVX-512 machine and again restricted to AVX2
-# (MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), twice (before and after the
-# protocols' solver changes of 8a3d5f0); the largest change over all eight runs is quoted as "AVX2 moved ...".
+# Calibration: the ci suite run on a 2-core AVX-512 machine and again restricted to AVX2
+# (MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), twice (before and after a
+# change of the protocols' solver); the largest change over all eight runs is quoted as "AVX2 moved ...".
 # Each tolerance is about twice that, so a real regression (a broken augmentation, loss, schedule or probe moves
 # several points) still fails. One test image is 1/300 = 0.0033.
 TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = (
@@ -153,7 +151,7 @@ def label(cfg: RunConfig) -> str:
 
 def flat_metrics(record: dict) -> dict[str, Any]:
     """Every protocol value and setting as ``"<key>.<field>"``, plus the training outcome as ``train.*``."""
-    rec = json.loads(json.dumps(_jsonable(record)))  # exactly what a record.json holds (NaN as null)
+    rec = json.loads(json.dumps(jsonable(record)))  # exactly what a record.json holds (NaN as null)
     flat: dict[str, Any] = {"train.status": rec.get("status", "ok")}
     history = rec.get("training", {}).get("history") or []
     if history:
@@ -234,32 +232,30 @@ def load_baseline(path: Path) -> dict:
     return base
 
 
-def run_suite(configs: list[RunConfig], out: Path, data_root: str | None = None, log=sys.stderr) -> dict[str, dict]:
-    """Run every config into ``out``; returns {label: {"config_key", "metrics"}}."""
-    import torch
-
-    from bench.data import load_dataset
-    from bench.pipeline import run_one
-
+def run_suite(configs: list[RunConfig], out: Path, data_root: str | None = None, log=None) -> dict[str, dict]:
+    """Run every config into ``out`` with CHECK_THREADS threads; returns {label: {"config_key", "metrics"}}."""
+    names = [label(c) for c in configs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two runs of the suite share a label: {sorted(n for n in names if names.count(n) > 1)}")
     threads = torch.get_num_threads()
     torch.set_num_threads(CHECK_THREADS)
-    runs: dict[str, dict] = {}
-    cache: dict = {}
     try:
-        for i, c in enumerate(configs, 1):
-            key = (c.dataset, c.per_class, c.test_per_class)
-            if key not in cache:
-                cache[key] = load_dataset(c.dataset, data_root, c.per_class, c.test_per_class)
-            t = time.perf_counter()
-            rec = run_one(c, out, data_root, progress=False, ds=cache[key])
-            name = label(c)
-            if name in runs:
-                raise ValueError(f"two runs of the suite share the label {name!r}")
-            runs[name] = {"config_key": c.key(), "metrics": flat_metrics(rec)}
-            print(f"[{i}/{len(configs)}] {name} {rec['status']} ({time.perf_counter() - t:.1f} s)", file=log, flush=True)
+        records = run_many(configs, out, Options(data_root=data_root), log=log)
     finally:
         torch.set_num_threads(threads)
-    return runs
+    return {label(c): {"config_key": c.key(), "metrics": flat_metrics(records[c.run_id()])} for c in configs}
+
+
+def config_drift(configs: list[RunConfig], baseline: dict) -> list[Regression]:
+    """A baseline run made for another config than the suite's (its key matches neither the current nor the
+    legacy key): the numbers would be compared against something else."""
+    out = []
+    for c in configs:
+        entry = baseline["runs"].get(label(c))
+        if entry is not None and "config_key" in entry and entry["config_key"] not in c.accepted_keys():
+            out.append(Regression(label(c), "(config)", entry["config_key"], c.key(),
+                                  "the suite's config changed since the baseline was written"))
+    return out
 
 
 def baseline_document(suite: str, runs: dict[str, dict]) -> dict:

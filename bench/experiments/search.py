@@ -1,0 +1,290 @@
+"""Hyperparameter search with Optuna: one study per (method, search suite, trial budget).
+
+``repbench search --method M --suite S --trials N [--storage URL] [--study NAME] [--out DIR]`` and
+``repbench search --methods all --trials N``.
+
+- Space: bench/experiments/search_space.py (shared knobs + the method's own), the paper's point enqueued as trial 0.
+- Sampler: TPESampler seeded, with ``multivariate=True`` and ``constant_liar=True`` set explicitly (Optuna 5
+  changed both defaults; the version is pinned in pyproject.toml). Pruner: median (default) or Hyperband,
+  fed the validation score after every epoch.
+- Objective: weighted k-NN top-1 (k=20) on a stratified validation split carved from the TRAINING subset;
+  the method trains on the rest. The test split is dropped from the data the objective sees.
+- A trial whose loss turns NaN/inf (``diverged``), whose embeddings collapse, whose features are not
+  finite, or whose training raises, FAILS with the reason in ``trial.user_attrs["fail_reason"]``.
+- Storage: bench/experiments/storage.py. ``--trials N`` is the study's total over every worker
+  (MaxTrialsCallback counting COMPLETE, PRUNED and FAIL); rerunning the same command continues the study.
+- After the search, the best configuration is re-run with fresh seeds on the full training subset and
+  scored on the test split (recipe name ``tuned``); ``repbench ablate --grid recipe --tuned <out>/runs``
+  puts these beside the paper and unified recipes. Reports: bench/experiments/search_report.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from bench.config import RunConfig
+from bench.core.errors import UsageError
+from bench.core.registry import Registry
+from bench.core.splits import stratified_split
+from bench.data import Dataset, load_dataset
+from bench.experiments.ablate import quick_methods
+from bench.experiments.scales import METRIC, SCALES, Scale, metric_of, scaled_config
+from bench.experiments.search_report import FRESH_SEED_BASE, best_trial, short, study_report, write_summary
+from bench.experiments.search_space import paper_defaults, suggest, to_config
+from bench.experiments.storage import StorageSpec, parse_storage
+from bench.features import extract
+from bench.runner import Options, build_method, run_many, validate
+from bench.store import jsonable
+from bench.train import Trainer
+from methods import METHODS
+from protocols import PROTOCOLS
+from protocols.base import Features
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class SearchSuite:
+    name: str
+    scale: Scale
+    trials: int  # default budget (the study's total)
+    names: tuple[str, ...] = ()  # searched when neither --method nor --methods is given; () = the quick budget
+    val_fraction: float = 0.2
+    seed: int = 0  # training seed of every trial: trials differ only by their hyperparameters
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.names or quick_methods()
+
+    def base(self, method: str, device: str = "cpu") -> RunConfig:
+        """The method's paper recipe at this scale: the space is centred on it."""
+        return scaled_config(self.scale, method, "paper", seed=self.seed, device=device, protocols=(METRIC,),
+                             suite=f"search-{self.name}")
+
+
+SEARCH_SUITES: Registry[SearchSuite] = Registry("search suite", {
+    "smoke": SearchSuite("smoke", SCALES["smoke"], trials=3, names=("simclr", "supervised")),
+    # The quick budget's methods (Method.quick_budget) at quick-ablation's scale, so its tuned runs join the recipe
+    # grid (`repbench ablate --grid quick-ablation --tuned DIR`): Fashion-MNIST, 100 train images per class (80 fit
+    # / 20 validation) and 100 test images per class, 6 epochs at batch 64 for the paper's point, 4 trials per
+    # method, the best re-run with 3 fresh seeds. About 20 minutes of one CPU thread.
+    "quick-search": SearchSuite("quick-search", SCALES["quick"], trials=4),
+})
+
+
+class TrialFailed(Exception):
+    """The trial ran but produced no usable model (diverged, collapsed, non-finite, raised)."""
+
+
+def carve_validation(ds: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """A copy of ``ds`` whose train is a stratified (1 - fraction) of its train and whose test is the rest.
+
+    The real test split is not in the result, so nothing downstream of the objective can read it.
+    """
+    fit, val = stratified_split(ds.train_y, fraction, seed)
+    text = ds.train_text
+    return replace(ds, name=f"{ds.name}[train-fit]", train_x=ds.train_x[fit], train_y=ds.train_y[fit],
+                   test_x=ds.train_x[val], test_y=ds.train_y[val],
+                   train_text=[text[i] for i in fit] if text else None,
+                   test_text=[text[i] for i in val] if text else None)
+
+
+@torch.no_grad()
+def validation_knn(method, split: Dataset, cfg: RunConfig) -> float:
+    mean, std = split.mean_std()
+    f_fit = extract(method.encoder, split.train_x, mean, std, cfg.device)
+    f_val = extract(method.encoder, split.test_x, mean, std, cfg.device)
+    if not (torch.isfinite(f_fit).all() and torch.isfinite(f_val).all()):
+        raise TrialFailed("non-finite features")
+    res = PROTOCOLS.get("knn")(Features(f_fit, split.train_y, split.num_classes, "train"),
+                               Features(f_val, split.test_y, split.num_classes, "validation"),
+                               seed=cfg.seed, device=cfg.device, variants=(("cosine", "weighted", (20,)),))
+    return float(res[METRIC]["top1"])
+
+
+class Objective:
+    """Train one configuration epoch by epoch, reporting validation kNN after each to the pruner."""
+
+    def __init__(self, method: str, base: RunConfig, split: Dataset, run_dir: Path) -> None:
+        self.name, self.base, self.split, self.run_dir = method, base, split, run_dir
+        self.cls = METHODS.get(method)
+
+    def __call__(self, trial) -> float:
+        cfg = to_config(self.base, suggest(trial, self.cls, self.base, len(self.split.train_y)))
+        trial.set_user_attr("config", jsonable(cfg.to_dict()))
+        validate(cfg)
+        method = build_method(cfg, self.split)
+        trainer = Trainer(method, self.split, cfg, self.run_dir, progress=False)
+        method.train()
+        history: list[dict[str, Any]] = []
+        for epoch in range(cfg.epochs):
+            score, reason, detail = self.epoch(trainer, cfg, epoch)
+            if reason:
+                self.fail(trial, reason, detail, history)
+            entry = trainer.state.history[-1] if trainer.state.history else {}
+            history.append({"epoch": epoch + 1, "val_knn": score, "loss": entry.get("loss"),
+                            "embed_std_ratio": entry.get("embed_std_ratio")})
+            trial.set_user_attr("history", history)
+            trial.report(score, epoch + 1)
+            if epoch + 1 < cfg.epochs and trial.should_prune():  # a finished trial is complete, not pruned
+                raise optuna.TrialPruned(f"validation kNN {score:.4f} after epoch {epoch + 1}")
+        return score
+
+    def epoch(self, trainer: Trainer, cfg: RunConfig, epoch: int) -> tuple[float, str, dict]:
+        """(validation score, failure reason or "", its detail) after one more epoch."""
+        try:
+            trainer.run_epoch(epoch)
+            trainer.state.epoch += 1
+            if trainer.state.status != "ok":
+                return math.nan, trainer.state.status, trainer.state.status_detail
+            return validation_knn(trainer.method, self.split, cfg), "", {}
+        except TrialFailed as err:
+            return math.nan, str(err), {"epoch": epoch + 1}
+        except (RuntimeError, ValueError, FloatingPointError) as err:
+            return math.nan, "error", {"epoch": epoch + 1, "error": f"{type(err).__name__}: {err}"[:300]}
+
+    @staticmethod
+    def fail(trial, reason: str, detail: dict, history: list) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_detail", jsonable(detail))
+        trial.set_user_attr("history", history)
+        raise TrialFailed(f"{reason} {detail}")
+
+
+def make_sampler(seed: int):
+    # Optuna 5 changed the defaults of both flags; set them so a version bump cannot change the search.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
+
+
+PRUNERS = {
+    # Epoch 1 is too noisy to stop on: prune from epoch 2, against at least two earlier trials.
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs),
+                                                               reduction_factor=3),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
+
+
+def make_pruner(name: str, epochs: int):
+    if name not in PRUNERS:
+        raise UsageError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    return PRUNERS[name](epochs)
+
+
+def open_study(storage, name: str, sampler_seed: int, pruner: str, epochs: int):
+    try:
+        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        existing = 0
+    # A resumed study gets a sampler seed of its own, so its random start-up points are new ones.
+    study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(sampler_seed + existing),
+                                pruner=make_pruner(pruner, epochs), direction="maximize", load_if_exists=True)
+    return study, existing
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How one method's study is run: its total trials, this worker's share, and the study's name and settings."""
+
+    trials: int
+    worker_trials: int | None = None
+    study_name: str | None = None
+    pruner: str = "median"
+    sampler_seed: int = 0
+
+
+def search_method(method: str, suite: SearchSuite, budget: Budget, storage, out: Path, ds: Dataset,
+                  device: str = "cpu", log: Callable[[str], None] = print):
+    """Run this worker's share of the study's trials; returns the study (possibly already complete)."""
+    cls = METHODS.get(method)
+    if cls.trained_by != "sgd":
+        raise UsageError(f"method {method!r} has no training hyperparameters to search; pick a trainable method")
+    base = suite.base(method, device)
+    split = carve_validation(ds, suite.val_fraction, suite.seed)
+    name = budget.study_name or f"{method}-{suite.name}-n{budget.trials}"
+    study, existing = open_study(storage, name, budget.sampler_seed, budget.pruner, base.epochs)
+    s = suite.scale
+    attrs = {"method": method, "suite": suite.name, "dataset": s.dataset, "per_class": s.per_class, "epochs": s.epochs,
+             "backbone": s.backbone, "val_fraction": suite.val_fraction, "n_fit": len(split.train_y),
+             "n_val": len(split.test_y), "chance": 1 / split.num_classes}
+    for k, v in attrs.items():
+        if k in study.user_attrs and study.user_attrs[k] != v:
+            raise UsageError(f"study {name!r} was made with {k}={study.user_attrs[k]!r}, not {v!r}; "
+                             "pick another --study name or storage")
+        study.set_user_attr(k, v)
+    if existing == 0:
+        study.enqueue_trial(paper_defaults(cls, base, len(split.train_y)), user_attrs={"paper_defaults": True},
+                            skip_if_exists=True)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    todo = max(0, budget.trials - done)
+    if budget.worker_trials is not None:
+        todo = min(todo, budget.worker_trials)
+    log(f"[{method}] study {name}: {done}/{budget.trials} trials finished, this worker runs up to {todo}")
+    if todo:
+        optimize(study, Objective(method, base, split, Path(out) / "trials" / name), todo, budget.trials, method, log)
+    return study
+
+
+def optimize(study, objective: Objective, todo: int, trials: int, method: str, log: Callable[[str], None]) -> None:
+    def report(study, trial) -> None:
+        reason = trial.user_attrs.get("fail_reason", "")
+        value = f"{100 * trial.value:.1f}" if trial.value is not None else "-"
+        secs = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
+        params = " ".join(f"{k}={short(v)}" for k, v in trial.params.items())
+        log(f"[{method}] trial {trial.number} {trial.state.name} val {METRIC} {value} {reason} ({secs:.1f} s) {params}")
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `report`, once
+    try:
+        study.optimize(objective, n_trials=todo, catch=(TrialFailed,), gc_after_trial=True,
+                       callbacks=[MaxTrialsCallback(trials, states=FINISHED), report])
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def final_configs(study, suite: SearchSuite, seeds: int, device: str = "cpu") -> list[RunConfig]:
+    best = best_trial(study)
+    if best is None or seeds == 0:
+        return []
+    base = replace(to_config(suite.base(study.user_attrs["method"], device), best.params), recipe_name="tuned")
+    return [replace(base, seed=FRESH_SEED_BASE + i) for i in range(seeds)]
+
+
+def run_search(method_names: list[str], suite: SearchSuite, budget: Budget, spec: StorageSpec, out: Path, *,
+               seeds: int = 3, data_root: str | None = None, device: str = "cpu",
+               log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Search each method with the same budget, re-run each best configuration, write the reports."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if spec.kind == "rdb" and spec.target == parse_storage(None, out).target:
+        Path(out).mkdir(parents=True, exist_ok=True)  # the default database lives in <out>
+    storage = spec.open()
+    s = suite.scale
+    ds = load_dataset(s.dataset, data_root, s.per_class, s.test_per_class)
+    rows = []
+    t0 = time.perf_counter()
+    for m in method_names:
+        name = budget.study_name and (f"{budget.study_name}-{m}" if len(method_names) > 1 else budget.study_name)
+        study = search_method(m, suite, replace(budget, study_name=name), storage, out, ds, device, log)
+        finals = final_configs(study, suite, seeds, device)
+        records = run_many(finals, out, Options(data_root=data_root, reuse=True, keep_going=True), log=log)
+        rows.append(study_report(study, suite, out, [metric_of(r) for r in records.values()]))
+    if len(method_names) > 1:
+        write_summary(rows, suite, budget.trials, out,
+                      f"repbench search --suite {suite.name} --trials {budget.trials} "
+                      f"--methods {','.join(method_names)} --seeds {seeds}")
+    log(f"searched {len(method_names)} method(s) in {time.perf_counter() - t0:.0f} s; reports under {out}")
+    return rows

@@ -1,0 +1,1 @@
+"""Numerical solvers the protocols call: batched logistic regression (L-BFGS) and K-Means."""
