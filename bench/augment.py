@@ -21,9 +21,8 @@ from methods.spec import ViewConfig
 class BatchedResizedCrop(nn.Module):
     """RandomResizedCrop with kornia's sampling of boxes (area in ``scale``, log-uniform aspect ``ratio``) and
     one bilinear ``affine_grid``/``grid_sample`` for the whole batch, with kornia's corner-to-corner geometry
-    (align_corners=True). kornia's own "slice" mode resizes each crop separately. Measured on 2 cores, one view
-    of 256 28x28 images: kornia 8.8-11 ms, this 3.1 ms (1.0 ms for 12x12 local crops, where kornia takes 18.6 ms);
-    the same pixels to 3e-6 (tests/test_augment.py).
+    (align_corners=True). kornia's own "slice" mode resizes each crop separately, several times slower
+    (results/benchmarks/throughput.md); the same pixels to 3e-6 (tests/test_augment.py).
     """
 
     def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float]) -> None:

@@ -3,10 +3,12 @@ method's own metrics. Everything a protocol sees is made here; protocols never s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from bench.augment import normalise
 from bench.config import RunConfig
@@ -16,7 +18,28 @@ from bench.store import write_json
 from methods.base import Method, TextTower
 from protocols import PROTOCOLS
 from protocols.base import ClassSet, Features, Metrics, TextSide
-from protocols.zero_shot import DEFAULT_TEMPLATES, class_embeddings, clip_benchmark_record
+
+# A subset of CLIP's 80 ImageNet prompts (openai/CLIP notebooks/Prompt_Engineering_for_ImageNet.ipynb),
+# the ones that make sense for small single-object images; datasets may bring their own.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+)
+
+
+@torch.no_grad()
+def class_embeddings(encode_text: Callable[[list[str]], torch.Tensor], class_names: Sequence[str],
+                     templates: Sequence[str]) -> torch.Tensor:
+    """Prompt ensembling. Shape: C names, T templates -> (C, D), unit rows."""
+    texts = [t.format(name) for name in class_names for t in templates]
+    emb = F.normalize(encode_text(texts).float(), dim=-1).view(len(class_names), len(templates), -1)
+    return F.normalize(emb.mean(1), dim=-1)
 
 
 def evaluate(method: Method, ds: Dataset, cfg: RunConfig) -> Metrics:
@@ -70,3 +93,26 @@ def write_clip_benchmark(metrics: Metrics, run_dir: Path, dataset: str, model: s
             write_json(path, clip_benchmark_record(metrics, dataset, model, task, pretrained))
             paths.append(path)
     return paths
+
+
+def clip_benchmark_record(metrics: Metrics, dataset: str, model: str, task: str = "zeroshot_classification",
+                          pretrained: str = "") -> dict[str, Any]:
+    """One result in CLIP_benchmark's file shape ({"dataset", "model", "pretrained", "task", "metrics"}).
+
+    ``task`` is ``zeroshot_classification`` (from ``metrics["zero-shot"]``: acc1, acc5,
+    mean_per_class_recall) or ``zeroshot_retrieval`` (from ``metrics["retrieval"]``; CLIP_benchmark's
+    ``image_retrieval_recall@k`` is text->image, ``text_retrieval_recall@k`` image->text). Fractions 0..1.
+    """
+    if task == "zeroshot_classification":
+        e = metrics["zero-shot"]
+        values = {"acc1": e["top1"], "acc5": e["top5"], "mean_per_class_recall": e["mean_per_class_recall"]}
+    elif task == "zeroshot_retrieval":
+        e = metrics["retrieval"]
+        ks = [key.removeprefix("t2i_r") for key in e if key.startswith("t2i_r")]
+        values = {}
+        for k in ks:
+            values[f"image_retrieval_recall@{k}"] = e[f"t2i_r{k}"]
+            values[f"text_retrieval_recall@{k}"] = e[f"i2t_r{k}"]
+    else:
+        raise ValueError(f"task must be zeroshot_classification or zeroshot_retrieval, not {task!r}")
+    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": values}

@@ -165,7 +165,7 @@ class Trainer:
 
     def batch(self, idx: torch.Tensor) -> Batch:
         x = self.images[idx]
-        # channels_last: measured 1.5x faster convnet steps on this 2-core CPU too, not only on GPUs.
+        # channels_last: faster convnet steps on CPUs too, not only on GPUs (results/benchmarks/throughput.md).
         views = [v.contiguous(memory_format=torch.channels_last) for v in self.augment(x)]
         images = normalise(x, self.ds_mean, self.ds_std)
         text = self.text[idx.to(self.text.device)].to(self.device) if self.text is not None else None

@@ -74,10 +74,9 @@ class Autoencoder(Method, Decoder):
     search_space = (Knob("noise_level", 0.1, 0.5),)
 
     def __init__(self, ctx: Context, cfg: AutoencoderConfig) -> None:
-        super().__init__()
         if cfg.noise not in NOISES:
             raise UsageError(f"autoencoder noise={cfg.noise!r} not understood; use one of {', '.join(NOISES)}")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         self.decoder = ConvDecoder(self.encoder.feature_dim, ctx.in_channels, ctx.image_size, cfg.decoder_width)
         self.views = (ViewConfig(scale=(cfg.crop_scale_min, 1.0), jitter_p=0.0, gray_p=0.0),)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Batch, Context, Method
+from methods.base import Batch, Context
 from methods.byol import AsymmetricViews
-from methods.heads import mlp
+from methods.heads import Projected, mlp
 from methods.losses.barlow import barlow_twins_loss
 from methods.spec import Knob, Recipe
 
@@ -29,7 +29,7 @@ class BarlowTwinsConfig(AsymmetricViews):
     lambd: float = 0.0051
 
 
-class BarlowTwins(Method):
+class BarlowTwins(Projected):
     Config = BarlowTwinsConfig
     # Paper Sec. 4 / App.: LARS, lr 0.2 x bs/256 for weights and 0.0048 for biases and BN, wd 1.5e-6, 10 warm-up
     # epochs, cosine decay.
@@ -37,15 +37,15 @@ class BarlowTwins(Method):
     search_space = (Knob("lambd", 1e-3, 2e-2, log=True),)
 
     def __init__(self, ctx: Context, cfg: BarlowTwinsConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=3)
         self.views = cfg.views()
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(images))
-
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         z1, z2 = (self.embed(x) for x in batch.views)
-        return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambd)}
+        return {"loss": self.loss(z1, z2)}
+
+    def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """Shape: z1, z2 (N, D) the two views' expander outputs -> scalar."""
+        return barlow_twins_loss(z1, z2, self.cfg.lambd)

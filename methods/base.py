@@ -93,6 +93,11 @@ class Method(nn.Module):
     encoder: nn.Module
     views: tuple[ViewConfig, ...] = ()
 
+    def __init__(self, cfg: Any) -> None:
+        """``cfg``: the method's resolved Config (what the record stores as method_config)."""
+        super().__init__()
+        self.cfg = cfg
+
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not train by SGD")
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Batch, Context, Method
+from methods.base import Batch, Context
 from methods.ema import EMA, MOMENTUM_KNOB
-from methods.heads import mlp
+from methods.heads import Projected, mlp
 from methods.losses.byol import byol_loss
 from methods.spec import Recipe, ViewConfig
 
@@ -41,7 +41,7 @@ class BYOLConfig(AsymmetricViews):
     momentum: float = 0.996  # tau_base; cosine to 1
 
 
-class BYOL(Method):
+class BYOL(Projected):
     Config = BYOLConfig
     # Paper Sec. 3.3 / App. C: LARS, lr 0.2 x bs/256, wd 1.5e-6, 10 warm-up epochs, cosine decay.
     paper_recipe = Recipe(optimizer="lars", lr=0.2, weight_decay=1.5e-6, warmup_epochs=10)
@@ -51,16 +51,12 @@ class BYOL(Method):
     ci_datasets = ("digits",)
 
     def __init__(self, ctx: Context, cfg: BYOLConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
         self.predictor = mlp(cfg.out_dim, cfg.hidden_dim, cfg.out_dim, layers=2)
         self.target = EMA(self.encoder, self.projector, momentum=cfg.momentum, final=1.0)
         self.views = cfg.views()
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(images))
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         x1, x2 = batch.views

@@ -58,8 +58,7 @@ class CLIP(Method, TextTower):
     search_space = (Knob("init_temperature", 0.02, 0.2, log=True),)
 
     def __init__(self, ctx: Context, cfg: CLIPConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         if ctx.train_text is not None:
             texts, self.caption_source = list(ctx.train_text), "dataset"

@@ -98,8 +98,7 @@ class DINO(Method):
     quick_budget = True
 
     def __init__(self, ctx: Context, cfg: DINOConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.total_steps = ctx.total_steps
         self.student_backbone = ctx.make_backbone()
         self.student_head = DINOHead(self.student_backbone.feature_dim, cfg)

@@ -27,8 +27,7 @@ class RawPixels(Method):
     ci_datasets = ("digits", "fashion-mnist")
 
     def __init__(self, ctx: Context, cfg: NoConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = Flatten(ctx.in_channels * ctx.image_size**2)
 
 
@@ -39,6 +38,5 @@ class RandomInit(Method):
     ci_datasets = ("digits",)
 
     def __init__(self, ctx: Context, cfg: NoConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()

@@ -1,8 +1,11 @@
-"""Projection / prediction heads shared by the methods."""
+"""Projection / prediction heads shared by the methods, and the base of methods that train through one."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from methods.base import Method
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, batch_norm: bool = True,
@@ -24,3 +27,13 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, batch_norm:
     if last_bn:
         mods.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*mods)
+
+
+class Projected(Method):
+    """A method with a projection head on its backbone (``projector``): the head's output is what its loss sees,
+    and what the collapse watchdog watches. The head is dropped at evaluation, as in the papers."""
+
+    projector: nn.Module
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(images))

@@ -55,10 +55,9 @@ class InstDisc(Method):
     search_space = (Knob("bank_momentum", 0.3, 0.9),)
 
     def __init__(self, ctx: Context, cfg: InstDiscConfig) -> None:
-        super().__init__()
         if cfg.loss not in ("nce", "softmax"):
             raise ValueError(f"instdisc loss must be 'nce' or 'softmax', got {cfg.loss!r}")
-        self.cfg = cfg = replace(cfg, noise_samples=min(cfg.noise_samples, ctx.num_train))
+        super().__init__(cfg := replace(cfg, noise_samples=min(cfg.noise_samples, ctx.num_train)))
         self.num_train = ctx.num_train
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, 0, cfg.out_dim, layers=1)

@@ -96,8 +96,7 @@ class KMeansFeatures(Method):
     trained_by = "fit"
 
     def __init__(self, ctx: Context, cfg: KMeansFeaturesConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         patch = cfg.patch_size or (6 if ctx.image_size >= 16 else 3)
         self.encoder = KMeansEncoder(ctx.in_channels, patch, cfg.stride, cfg.num_centroids, cfg)
 

@@ -70,8 +70,7 @@ class MAE(Method, Decoder):
     search_space = (Knob("mask_ratio", 0.5, 0.9),)
 
     def __init__(self, ctx: Context, cfg: MAEConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         args = dict(ctx.backbone_args or {}) if ctx.backbone == "vit" else {}
         self.encoder = build_backbone("vit", ctx.in_channels, ctx.image_size, **{"pool": cfg.pool, **args})
         p = self.encoder.patch_size

@@ -107,14 +107,13 @@ class MoCo(Method):
     quick_budget = True
 
     def __init__(self, ctx: Context, cfg: MoCoConfig) -> None:
-        super().__init__()
         vit = ctx.backbone.startswith("vit")
-        self.cfg = cfg = replace(
+        super().__init__(cfg := replace(
             cfg,
             head_layers=cfg.head_layers if cfg.head_layers is not None else (3 if vit else 2),
             temperature=cfg.temperature if cfg.temperature is not None else (0.2 if vit else 1.0),
             queue_size=min(cfg.queue_size, ctx.num_train // 2),
-        )
+        ))
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, cfg.head_layers,
                              batch_norm=cfg.head_bn, last_bn=cfg.head_bn)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Batch, Context, Method
-from methods.heads import mlp
+from methods.base import Batch, Context
+from methods.heads import Projected, mlp
 from methods.losses.contrastive import nt_xent_loss
 from methods.spec import Ablation, Knob, Recipe, ViewConfig, cell
 
@@ -27,7 +27,7 @@ class SimCLRConfig:
     blur_p: float = 0.0  # the paper drops blur for CIFAR-10
 
 
-class SimCLR(Method):
+class SimCLR(Projected):
     Config = SimCLRConfig
     # Paper: LARS, lr 0.3 x bs/256, wd 1e-6, 10 warm-up epochs (App. B.6 for CIFAR uses the same rule).
     paper_recipe = Recipe(optimizer="lars", lr=0.3, weight_decay=1e-6, warmup_epochs=10)
@@ -41,8 +41,7 @@ class SimCLR(Method):
     ci_datasets = ("digits", "fashion-mnist")
 
     def __init__(self, ctx: Context, cfg: SimCLRConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         d = self.encoder.feature_dim
         if cfg.head == "mlp":
@@ -53,9 +52,6 @@ class SimCLR(Method):
             self.projector = torch.nn.Identity()
         view = ViewConfig(scale=(cfg.crop_scale_min, 1.0), strength=cfg.jitter_strength, blur_p=cfg.blur_p)
         self.views = (view, view)
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(images))
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         z0, z1 = (self.embed(v) for v in batch.views)

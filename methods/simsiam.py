@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Batch, Context, Method
-from methods.heads import mlp
+from methods.base import Batch, Context
+from methods.heads import Projected, mlp
 from methods.losses.byol import simsiam_loss
 from methods.spec import Knob, Recipe, ViewConfig
 
@@ -31,7 +31,7 @@ class SimSiamConfig:
     blur_p: float = 0.5
 
 
-class SimSiam(Method):
+class SimSiam(Projected):
     Config = SimSiamConfig
     # Paper Sec. 4: SGD lr 0.05 x bs/256, momentum 0.9, wd 1e-4, cosine decay, no warm-up; the predictor's rate
     # is not decayed (Sec. 4.2, the official fix_pred_lr).
@@ -39,16 +39,12 @@ class SimSiam(Method):
     search_space = (Knob("blur_p", 0.0, 1.0),)
 
     def __init__(self, ctx: Context, cfg: SimSiamConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, cfg.projector_layers, last_bn=True)
         self.predictor = mlp(cfg.out_dim, cfg.predictor_hidden_dim, cfg.out_dim, layers=2)
         view = ViewConfig(scale=(cfg.crop_scale_min, 1.0), strength=cfg.jitter_strength, blur_p=cfg.blur_p)
         self.views = (view, view)
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(images))
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         z1, z2 = (self.embed(x) for x in batch.views)

@@ -32,8 +32,7 @@ class Supervised(Method):
     ci_datasets = ("digits",)
 
     def __init__(self, ctx: Context, cfg: SupervisedConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = ctx.make_backbone()
         self.classifier = nn.Linear(self.encoder.feature_dim, ctx.num_classes)
         self.views = (ViewConfig(scale=(cfg.crop_scale_min, 1.0), strength=cfg.jitter_strength, gray_p=0.0),)

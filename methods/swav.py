@@ -51,8 +51,7 @@ class SwAV(Method):
     search_space = (Knob("epsilon", 0.02, 0.1, log=True), Knob("prototypes", choices=(30, 100, 300, 3000)))
 
     def __init__(self, ctx: Context, cfg: SwAVConfig) -> None:
-        super().__init__()
-        self.cfg = cfg = replace(cfg, queue_length=min(cfg.queue_length, ctx.num_train // 2))
+        super().__init__(cfg := replace(cfg, queue_length=min(cfg.queue_length, ctx.num_train // 2)))
         self.total_steps = ctx.total_steps
         self.encoder = ctx.make_backbone()
         self.projector = mlp(self.encoder.feature_dim, cfg.hidden_dim, cfg.out_dim, layers=2)

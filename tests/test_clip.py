@@ -10,7 +10,7 @@ from scipy.special import logsumexp
 from bench.config import Recipe
 from bench.data import load_dataset
 from bench.data.captions import shapes
-from bench.evaluate import text_side, write_clip_benchmark
+from bench.evaluate import class_embeddings, clip_benchmark_record, text_side, write_clip_benchmark
 from bench.optim import build_optimizer
 from methods import METHODS
 from methods.base import Batch, Context, make_config
@@ -18,7 +18,7 @@ from methods.losses.clip import clip_loss
 from methods.text import CBOW, EOT, PAD, UNK, TextTransformer, WordTokenizer, words
 from protocols import PROTOCOLS
 from protocols.base import Features, classification_metrics
-from protocols.zero_shot import class_embeddings, clip_benchmark_record, retrieval_recall
+from protocols.zero_shot import retrieval_recall
 
 # ----------------------------------------------------------------------------- loss
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.args import int_range
+from bench.commands.args import int_range
 from bench.core.errors import UsageError
 from bench.experiments.ablate import check_seeds
 from bench.experiments.ablate_report import run_ablation

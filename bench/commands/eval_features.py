@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from bench.args import int_range
+from bench.commands.args import int_range
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.features import load_npz

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bench.args import int_range
+from bench.commands.args import int_range
 from bench.core.errors import UsageError
 from bench.figures import reconstructions_png
 from bench.store import atomic_write_bytes

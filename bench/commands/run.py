@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.args import float_range, int_range
+from bench.commands.args import float_range, int_range
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.experiments import SUITES

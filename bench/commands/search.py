@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.args import int_range
+from bench.commands.args import int_range
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.experiments.scales import trainable_methods

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from bench.args import int_range
+from bench.commands.args import int_range
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data import load_dataset

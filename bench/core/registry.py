@@ -43,6 +43,11 @@ class Registry(Generic[T]):
             entry = self._entries[name] = vars(importlib.import_module(module))[attr]
         return entry
 
+    def module_of(self, name: str) -> str:
+        """The module that defines an entry (without importing it)."""
+        entry = self._entries[name]
+        return entry.partition(":")[0] if isinstance(entry, str) else entry.__module__
+
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
