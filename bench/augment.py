@@ -63,12 +63,25 @@ def build_pipeline(view: ViewConfig, channels: int, image_size: int) -> nn.Modul
     return nn.Sequential(*ops)
 
 
+class Normalise:
+    """The one image normalisation: uint8 (N, C, H, W) -> float (x / 255 - mean) / std per channel, the statistics
+    kept on the device. Training views, probes, features and pictures all go through it."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu") -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return self.unit(images_u8.float().div_(255))
+
+    def unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images already scaled to [0, 1] (an augmented view)."""
+        return (x - self.mean) / self.std
+
+
 def normalise(images_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 images (N, C, H, W) -> float (x / 255 - mean) / std per channel, on the images' device: the one
-    normalisation of training views, probes, features and pictures."""
-    m = torch.tensor(mean, device=images_u8.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images_u8.device).view(1, -1, 1, 1)
-    return (images_u8.float().div_(255) - m) / s
+    """``Normalise`` once, on the images' device."""
+    return Normalise(mean, std, images_u8.device)(images_u8)
 
 
 class Augmenter:
@@ -78,13 +91,9 @@ class Augmenter:
                  mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu") -> None:
         self.views = views
         self.pipelines = [build_pipeline(v, channels, image_size).to(device) for v in views]
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        self.normalise = Normalise(mean, std, device)
 
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor) -> list[torch.Tensor]:
         x = images_u8.float().div_(255)
-        return [self.normalise(p(x)) for p in self.pipelines]
+        return [self.normalise.unit(p(x)) for p in self.pipelines]

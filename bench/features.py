@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from bench.augment import normalise
+from bench.augment import Normalise
 from bench.core.errors import UsageError
 from bench.store import atomic_write_bytes
 
@@ -42,10 +42,11 @@ def extract(encoder: nn.Module, images_u8: torch.Tensor, mean, std, device: str 
     # On a CPU batch 256 keeps the activations in cache (results/benchmarks/throughput.md).
     batch_size = batch_size or (256 if device.type == "cpu" else 1024)
     net = inference_copy(encoder)
+    norm = Normalise(mean, std, device)
     out = []
     with torch.inference_mode():
         for i in range(0, len(images_u8), batch_size):
-            x = normalise(images_u8[i:i + batch_size].to(device, non_blocking=True), mean, std)
+            x = norm(images_u8[i:i + batch_size].to(device, non_blocking=True))
             out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 

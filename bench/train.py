@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.augment import Augmenter, normalise
+from bench.augment import Augmenter
 from bench.config import RunConfig
 from bench.core.device import native_bf16
 from bench.core.errors import UsageError
@@ -112,7 +112,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.images = ds.train_x.to(self.device)
         self.labels = ds.train_y.to(self.device)
-        self.ds_mean, self.ds_std = mean, std = ds.mean_std()
+        mean, std = ds.mean_std()
         self.augment = Augmenter(method.views, ds.channels, ds.image_size, mean, std, self.device)
         self.text = method.train_tokens if isinstance(method, TextTower) else None
         self.steps_per_epoch = max(1, len(self.images) // cfg.batch_size)
@@ -121,7 +121,7 @@ class Trainer:
         self.sched = build_scheduler(self.opt, cfg.recipe, self.total_steps, self.steps_per_epoch)
         g = torch.Generator().manual_seed(cfg.seed)
         probe_idx = torch.randperm(len(self.images), generator=g)[:512].to(self.device)
-        self.probe = normalise(self.images[probe_idx], mean, std)
+        self.probe = self.augment.normalise(self.images[probe_idx])
         self.amp = cfg.amp and native_bf16(self.device) and not (self.device.type == "cpu" and method.float32_on_cpu())
         self.meter = Meter()
         self.state = TrainState()
@@ -167,7 +167,7 @@ class Trainer:
         x = self.images[idx]
         # channels_last: faster convnet steps on CPUs too, not only on GPUs (results/benchmarks/throughput.md).
         views = [v.contiguous(memory_format=torch.channels_last) for v in self.augment(x)]
-        images = normalise(x, self.ds_mean, self.ds_std)
+        images = self.augment.normalise(x)
         text = self.text[idx.to(self.text.device)].to(self.device) if self.text is not None else None
         return Batch(views=views, images=images, labels=self.labels[idx], index=idx, text=text)
 

@@ -168,3 +168,13 @@ def test_a_planted_bad_import_fails(planted, rel, line, expected):
 def test_a_planted_cycle_fails(planted):
     _plant(planted, "bench/data/__init__.py", "from bench.data.digits import digits")
     assert ["bench.data", "bench.data.digits"] in cycles(edges(planted))
+
+
+def test_the_harness_never_probes_objects():
+    """What the harness may ask of a method is declared on its base class (methods/base.py); bench/ asks
+    ``isinstance`` of a capability, never ``hasattr``/``getattr``."""
+    probes = [f"{path.relative_to(ROOT)}:{node.lineno} {node.func.id}"
+              for path in sorted((ROOT / "bench").rglob("*.py"))
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr")]
+    assert probes == []

@@ -19,7 +19,9 @@ Per-image labels in ``extras`` are aligned with the splits and follow them into 
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,30 +33,10 @@ CAPTION_SEED = 0
 
 # --------------------------------------------------------------------------- fashion-mnist-captions
 
-# (noun phrases, attributes, categories) per class, in Fashion-MNIST's label order. The first phrase of
-# each class is its name as Fashion-MNIST spells it (lower-cased by the tokeniser).
-FASHION_DESCRIPTIONS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
-    (("t-shirt/top", "t-shirt", "top", "tee", "short-sleeved top"),
-     ("with short sleeves", "with a round neck", "made of cotton", "for casual wear"), ("garment", "piece of clothing")),
-    (("trouser", "pair of trousers", "pair of pants", "pair of jeans", "pair of slacks"),
-     ("with two long legs", "with a waistband", "with belt loops", "for the legs"), ("garment", "piece of clothing")),
-    (("pullover", "sweater", "jumper", "knitted pullover"),
-     ("with long sleeves", "knitted from wool", "for cold weather", "without buttons"), ("garment", "piece of clothing")),
-    (("dress", "gown", "frock", "summer dress"),
-     ("in one piece", "reaching the knees", "with a fitted waist", "for a party"), ("garment", "piece of clothing")),
-    (("coat", "jacket", "overcoat", "parka"),
-     ("with buttons down the front", "with a wide collar", "for outdoor wear", "with deep pockets"), ("garment", "outer layer")),
-    (("sandal", "pair of sandals", "flip-flop", "open shoe"),
-     ("with open toes", "with thin straps", "for summer", "with a flat sole"), ("footwear", "shoe")),
-    (("shirt", "blouse", "button-up shirt", "dress shirt"),
-     ("with a collar", "with a row of buttons", "with long sleeves", "for the office"), ("garment", "piece of clothing")),
-    (("sneaker", "trainer", "running shoe", "sports shoe"),
-     ("with laces", "with a rubber sole", "for running", "with a low cut"), ("footwear", "shoe")),
-    (("bag", "handbag", "purse", "tote"),
-     ("with a handle", "with a shoulder strap", "for carrying things", "with a zip"), ("accessory", "item to carry")),
-    (("ankle boot", "boot", "bootie", "short boot"),
-     ("with a heel", "covering the ankle", "made of leather", "with a side zip"), ("footwear", "shoe")),
-)
+# (noun phrases, attributes, categories) per class, in Fashion-MNIST's label order: fashion_captions.toml.
+FASHION_DESCRIPTIONS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = tuple(
+    (tuple(c["nouns"]), tuple(c["attributes"]), tuple(c["categories"]))
+    for c in tomllib.loads(Path(__file__).with_name("fashion_captions.toml").read_text())["class"])
 
 FASHION_TEMPLATES = (
     "a photo of a {noun} {attr}.",

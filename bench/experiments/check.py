@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,51 +83,10 @@ class Tolerance:
 
 EXACT = Tolerance()
 
-# First matching pattern wins (fnmatch on "<result key>.<field>", e.g. "knn_k200.top1"); anything unmatched
-# (settings such as k, temperature, n_train, grid, solver, status) must be equal. The runs are deterministic, so on
-# one machine every value repeats bit for bit. The tolerances absorb what differs between machines of this kind
-# (x86 CPUs, same wheels): MKL, oneDNN and ATen pick kernels by instruction set, which reorders float sums; two
-# epochs of SGD carry those last-bit differences into the weights, and images near a decision boundary flip.
-# Calibration: the ci suite run on a 2-core AVX-512 machine and again restricted to AVX2
-# (MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), twice (before and after a
-# change of the protocols' solver); the largest change over all eight runs is quoted as "AVX2 moved ...".
-# Each tolerance is about twice that, so a real regression (a broken augmentation, loss, schedule or probe moves
-# several points) still fails. One test image is 1/300 = 0.0033.
-TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = (
-    # Few-shot probes fit 10-100 labelled images and pick their regularisation on a validation draw as small,
-    # so a last-bit change in the features can move the chosen grid point and the accuracy by points.
-    ("fewshot*.top1", Tolerance(abs=0.06), "few-shot accuracy, mean of 3 draws (AVX2 moved BYOL's 10-shot 0.033)"),
-    ("fewshot*.top5", Tolerance(abs=0.06), "as few-shot top-1 (AVX2 moved 0.026)"),
-    ("fewshot*.mean_per_class_recall", Tolerance(abs=0.06), "as few-shot top-1"),
-    ("fewshot*.top1_std", Tolerance(abs=0.04), "spread over 3 draws (AVX2 moved 0.014)"),
-    ("fewshot*.top1_draws", Tolerance(compare=False), "single draws (AVX2 moved 0.08); their mean is compared"),
-    ("fewshot*.val_top1", Tolerance(compare=False), "per-draw validation scores of the regularisation search"),
-    # The linear probe also picks its regularisation on 120 validation images: a grid step moves a few more.
-    ("linear*.top1", Tolerance(abs=0.035), "linear-probe accuracy (AVX2 moved BYOL's 0.0167: 5 images)"),
-    ("linear*.top5", Tolerance(abs=0.035), "as linear top-1"),
-    ("linear*.val_top1", Tolerance(abs=0.035), "as linear top-1, on the probe's validation split"),
-    ("linear*.mean_per_class_recall", Tolerance(abs=0.035), "as linear top-1, class-balanced (AVX2 moved 0.0167)"),
-    ("*.top1", Tolerance(abs=0.015), "k-NN accuracy (AVX2 moved 0.0067: 2 images)"),
-    ("*.top5", Tolerance(abs=0.015), "as k-NN top-1 (AVX2 moved 0.0033)"),
-    ("*.mean_per_class_recall", Tolerance(abs=0.015), "as top-1, class-balanced"),
-    # A point that changes cluster changes the Hungarian matching and every restart's contingency table.
-    ("kmeans*.acc", Tolerance(abs=0.04), "clustering accuracy (AVX2 moved 0.017)"),
-    ("kmeans*.nmi", Tolerance(abs=0.04), "NMI (AVX2 moved 0.015)"),
-    ("kmeans*.ari", Tolerance(abs=0.04), "ARI (AVX2 moved 0.014)"),
-    ("kmeans*_std", Tolerance(abs=0.05), "spread over K-Means seeds (AVX2 moved 0.026)"),
-    ("*.mse", Tolerance(rel=0.02), "reconstruction error, continuous: 2% relative"),
-    # Outcomes of a search or an iterative solver: another grid point or iteration count with last-bit different
-    # features, for the same accuracy, which is what is compared above.
-    ("*.regularisation", Tolerance(compare=False), "grid point chosen on validation (AVX2 moved it 55x for BYOL)"),
-    ("*.C_sklearn", Tolerance(compare=False), "the same choice in scikit-learn's units"),
-    ("*.fits", Tolerance(compare=False), "number of fits the coarse-to-fine search needed"),
-    ("*.iterations", Tolerance(compare=False), "solver iteration counts (AVX2 moved K-Means' by 10)"),
-    ("*.converged", Tolerance(compare=False), "solver convergence flag"),
-    # Training: the last epoch's mean loss moves with any change to augmentation, loss, optimiser or schedule.
-    ("train.loss", Tolerance(rel=0.002), "last epoch's mean training loss (AVX2 moved 0.021% relative)"),
-    ("train.embed_std_ratio", Tolerance(abs=0.01), "collapse watchdog statistic (AVX2 moved 0.0009)"),
-    ("train.effective_rank", Tolerance(rel=0.01), "collapse watchdog statistic (AVX2 moved 0.05% relative)"),
-)
+# The tolerances, in order, with why each is what it is: tolerances.toml beside this file (first match wins).
+TOLERANCES: tuple[tuple[str, Tolerance, str], ...] = tuple(
+    (t.pop("pattern"), Tolerance(**{k: v for k, v in t.items() if k != "why"}), t["why"])
+    for t in tomllib.loads((Path(__file__).with_name("tolerances.toml")).read_text())["tolerance"])
 
 
 def tolerance_for(metric: str) -> Tolerance:
