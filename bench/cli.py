@@ -17,8 +17,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ablate": ("bench.commands.ablate", "run an ablation grid (recipe, simclr-head, moco-momentum, dino-centering, "
                "augment, batch, floors, smoke, quick-ablation)", ""),
     "check": ("bench.commands.check", "CI regression check: run the ci suite, compare every metric with "
-              "results/baselines/ci.json", "Exit 0: every metric within its tolerance (bench/experiments/check.py, "
-              "TOLERANCES); exit 1: one 'REGRESSION' line per metric that moved; --update rewrites the baseline on purpose."),
+              "results/baselines/ci.json", "Exit 0: every metric within its tolerance "
+              "(bench/experiments/tolerances.toml); exit 1: one 'REGRESSION' line per metric that moved; --update "
+              "rewrites the baseline on purpose."),
     "data": ("bench.commands.data", "fetch datasets (Debian package or torchvision download)", ""),
     "eval-features": ("bench.commands.eval_features", "evaluate features from .npz files (x (N, D), y (N,)) with "
                       "the k-NN, linear, K-Means and few-shot protocols", ""),

@@ -3,7 +3,8 @@
 ``extract`` runs an encoder over uint8 images; ``cached_features`` keeps the result on disk under a
 key of (checkpoint, dataset, split, layer) so a second evaluation of the same checkpoint, or a
 re-run after a crash, reads them back instead of re-running the backbone. ``feature_module`` picks
-the backbone or the projection-head output of a method.
+the backbone or the projection-head output of a method; ``load_npz`` reads features computed elsewhere
+(``repbench eval-features``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from bench.core.splits import stratified_split
 from protocols.base import Features, Metrics, classification_metrics, threads_by_size
 from protocols.solvers.lbfgs import fit
-from protocols.solvers.logreg import Problem, predict_logits, with_bias
+from protocols.solvers.logreg import Problem, predict_logits, rows_with_bias
 from protocols.solvers.products import Products, product_dtype
 
 GRID = np.logspace(-6, 2, 97)
@@ -41,7 +41,7 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | to
     fit_idx, val_idx = stratified_split(train.y, val_fraction, seed)
     n_fit, order = len(fit_idx), torch.cat([fit_idx, val_idx])
     # Rows ordered [fit; val]: the refit set is the whole tensor, the sweep's set a view of its head.
-    x = with_bias(prepare(train.x[order], normalise)).to(dev)[None]
+    x = rows_with_bias(train.x, order, normalise).to(dev)[None]
     y = train.y[order].to(dev)[None]
     products = Products.build(x, dtype, transposed_rows=n_fit)
 

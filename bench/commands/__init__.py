@@ -1,1 +1,1 @@
-"""CLI subcommands, one module each; bench.cli discovers them, so adding one needs no edit elsewhere."""
+"""CLI subcommands, one module each, listed in ``bench.cli.COMMANDS``; each defines ``add_arguments`` and ``run``."""

@@ -1,2 +1,2 @@
-"""The leaf every layer may import: registries, the user-error type, the stratified split. Imports nothing else
-of the project."""
+"""The leaf every layer may import: registries, the user-error type, device checks and the stratified split.
+It imports nothing else of the project."""

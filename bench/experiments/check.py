@@ -1,7 +1,7 @@
 """The CI regression benchmark: a small fixed-seed, deterministic CPU suite compared with a committed baseline.
 
 ``repbench check`` runs the ``ci`` suite and compares every metric of every run with
-``results/baselines/ci.json`` within the tolerance declared for it below; a number that moves beyond its
+``results/baselines/ci.json`` within the tolerance declared for it in tolerances.toml; a number that moves beyond its
 tolerance is a regression (exit 1, one line each). ``repbench check --update`` rewrites the baseline on
 purpose, after a change that is meant to move numbers (a method, protocol, the loop or the data).
 """

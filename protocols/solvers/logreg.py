@@ -63,6 +63,23 @@ def with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.float(), x.new_ones(*x.shape[:-1], 1, dtype=torch.float32)], -1)
 
 
+def rows_with_bias(x: torch.Tensor, rows: torch.Tensor, normalise: bool) -> torch.Tensor:
+    """``with_bias`` of the rows ``rows`` of x, L2-normalised as F.normalize when ``normalise``, written into one
+    buffer (two passes over the rows fewer than gathering, normalising and concatenating; the same bits).
+    Shape: x (N, D), rows (M,) -> (M, D+1) float32."""
+    out = torch.empty(len(rows), x.shape[1] + 1, device=x.device)
+    out[:, -1] = 1.0
+    feats = out[:, :-1]
+    rows = rows.to(x.device)
+    if x.dtype == torch.float32:
+        torch.index_select(x, 0, rows, out=feats)
+    else:
+        feats.copy_(x.index_select(0, rows))
+    if normalise:  # as F.normalize: x / max(||x||, 1e-12)
+        feats.div_(torch.linalg.vector_norm(feats, dim=1, keepdim=True).clamp_min_(1e-12))
+    return out
+
+
 def centred_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (float64; summed in float32, pairwise) and scatter sum (x - mean)'(x - mean), estimated from at
     most PRECOND_ROWS evenly spaced rows (it only shapes the preconditioner). The product is float32: a
