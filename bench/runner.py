@@ -20,7 +20,7 @@ from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.data import DATASETS, Dataset, load_dataset
 from bench.evaluate import evaluate, write_clip_benchmark
-from bench.store import provenance, read_json, save_checkpoint, write_json
+from bench.store import provenance, read_json, remove_stale_temps, save_checkpoint, write_json
 from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods import METHODS
 from methods.backbones import BACKBONES
@@ -82,6 +82,7 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     method = build_method(cfg, ds)
     run_dir = run_dir_for(cfg, out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run_dir)  # what a kill during an earlier run's writes left
     t0 = time.perf_counter()
     training, throughput = train(method, ds, cfg, run_dir, resume, progress)
     train_s = time.perf_counter() - t0

@@ -9,7 +9,9 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -34,7 +36,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # The writer's pid in the name tells a temp file a kill left behind from one still being written.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are for others to read too
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,6 +52,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files of atomic writes in ``folder`` whose writer is gone (a kill between write and rename);
+    they are never read, only space. A live writer's file stays. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.removesuffix(".tmp").split(".")[-2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 checks without sending; a reused pid keeps a file, never loses one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only set and return)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,14 +135,14 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else obj
+        return None  # strict JSON has no NaN or Infinity; where the value matters the writer records str(value)
     if isinstance(obj, Path):
         return str(obj)
     return obj
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
@@ -114,8 +154,11 @@ def read_json(path: Path) -> Any:
 
 # A checkpoint is torch.save({"repbench_checkpoint": version, "sha256": digest, "payload": uint8 bytes of the
 # inner torch.save}). torch.load does not verify zip CRCs (a flipped bit loads silently), so the digest is what
-# proves the state is the one written; torch.load(path) still opens the outer layer for inspection.
-CHECKPOINT_FORMAT = 1
+# proves the state is the one written; torch.load(path) still opens the outer layer for inspection. The digest
+# is no defence against a crafted file (its writer computes it): both layers load with weights_only=True, which
+# builds tensors and plain containers only and refuses any other pickled object. Format 1 held numpy RNG state,
+# which weights_only refuses, so it is not loaded.
+CHECKPOINT_FORMAT = 2
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -131,25 +174,37 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint we wrote; anything unreadable or altered is reported, never silently loaded or replaced."""
     hint = "delete it to start over, or rerun without --resume"
-    try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise UsageError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); {hint}") from None
-    if not isinstance(outer, dict) or outer.get("repbench_checkpoint") != CHECKPOINT_FORMAT:
-        raise UsageError(f"checkpoint {path} is not a repbench checkpoint (format {CHECKPOINT_FORMAT}); {hint}")
+    outer = _safe_load(path, path, "corrupt or truncated", hint)
+    if not isinstance(outer, dict) or "repbench_checkpoint" not in outer:
+        raise UsageError(f"checkpoint {path} is not a repbench checkpoint; {hint}")
+    if outer["repbench_checkpoint"] != CHECKPOINT_FORMAT:
+        raise UsageError(f"checkpoint {path} has format {outer['repbench_checkpoint']!r}, this repbench reads format "
+                         f"{CHECKPOINT_FORMAT} only; {hint}")
     payload = outer.get("payload")
     if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
         raise UsageError(f"checkpoint {path} is corrupt (no payload); {hint}")
     data = payload.numpy().tobytes()
     if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
         raise UsageError(f"checkpoint {path} is corrupt (checksum mismatch); {hint}")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise UsageError(f"checkpoint {path} is corrupt ({type(err).__name__}); {hint}") from None
+    state = _safe_load(io.BytesIO(data), path, "corrupt", hint)
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise UsageError(f"checkpoint {path} is not a repbench checkpoint; {hint}")
     return state
+
+
+def _safe_load(source, path: Path, damaged: str, hint: str) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers; any other pickled object is refused."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise UsageError(f"checkpoint {path} is {damaged} (UnpicklingError); {hint}") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {found.group(1)[:80]}" if found else "an unsupported pickle instruction"
+        raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values ({what}); refused, "
+                         f"since loading them could run code; {hint}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise UsageError(f"checkpoint {path} is {damaged} ({type(err).__name__}); {hint}") from None
 
 
 def _git(*args: str) -> str | None:

@@ -26,7 +26,7 @@ from bench.core.device import native_bf16
 from bench.core.errors import UsageError
 from bench.data import Dataset
 from bench.optim import apply_recipe_step, build_optimizer, build_scheduler
-from bench.store import load_checkpoint, save_checkpoint
+from bench.store import load_checkpoint, remove_stale_temps, save_checkpoint
 from methods.base import Batch, Method, TextTower
 
 CHECKPOINT = "checkpoint.pt"
@@ -76,7 +76,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # Tensors, ints and tuples only: checkpoints are loaded with weights_only=True, which refuses numpy objects.
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -84,7 +87,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -139,9 +143,7 @@ class Trainer:
 
     def restore(self) -> bool:
         path = self.run_dir / CHECKPOINT
-        # Temp files of saves that a kill interrupted (atomic_write_bytes never renamed them): never read, only space.
-        for stale in self.run_dir.glob(f".{CHECKPOINT}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(self.run_dir)
         if not path.exists():
             return False
         ckpt = load_checkpoint(path)

@@ -163,9 +163,12 @@ def test_checkpoint_holds_every_piece_of_training_state(tmp_path, method, restor
 def test_resume_removes_temp_files_of_interrupted_saves(tmp_path, restore_determinism):
     t = _trainer("simclr", tmp_path, 0)
     t.save()
-    stale = tmp_path / f".{CHECKPOINT}.k1ll3d.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    other = tmp_path / ".record.json.x.tmp"  # not ours to judge
-    other.write_bytes(b"{")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a pid whose process has exited
+    stale = [tmp_path / f".{CHECKPOINT}.{dead}.k1ll3d.tmp", tmp_path / f".record.json.{dead}.x.tmp",
+             tmp_path / ".record.json.nopid.tmp"]
+    live = tmp_path / f".record.json.{os.getpid()}.x.tmp"  # a writer that is still running keeps its file
+    for p in (*stale, live):
+        p.write_bytes(b"half a file")
     assert _trainer("simclr", tmp_path, 0).restore()
-    assert not stale.exists() and other.exists()
+    assert not any(p.exists() for p in stale) and live.exists()
