@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bench.core.errors import UsageError
-from methods.spec import UNIFIED_RECIPE, Recipe
+from methods.spec import UNIFIED_RECIPE, Recipe, check, opt
 
 # Labels of a run, not inputs to it: they decide where a record goes and which metrics it holds, not what the
 # trained model is.
@@ -20,22 +22,33 @@ class RunConfig:
     method: str
     dataset: str
     backbone: str = "convnet"
-    epochs: int = 1
-    batch_size: int = 256
-    seed: int = 0
+    # The bounds of the CLI's flags, for configs that come from elsewhere (records, suites, grids, searches).
+    epochs: int = opt(1, ge=1, le=100_000)
+    batch_size: int = opt(256, ge=2, le=1 << 20)
+    seed: int = opt(0, ge=0, le=2**31 - 1)
     device: str = "cpu"
     recipe: Recipe = UNIFIED_RECIPE
     recipe_name: str = "unified"  # unified | paper | search | tuned, +custom with overrides; tables group by it
     method_args: dict[str, Any] = field(default_factory=dict)
     backbone_args: dict[str, Any] = field(default_factory=dict)
-    per_class: int | None = None  # training subset: this many images per class
-    test_per_class: int | None = None
+    per_class: int | None = opt(None, ge=1)  # training subset: this many images per class
+    test_per_class: int | None = opt(None, ge=1)
     protocols: tuple[str, ...] | None = None  # None: every registered protocol
     suite: str = "adhoc"
     deterministic: bool = False
     # bf16 autocast where bf16 is native (CUDA, or a CPU with AMX / AVX512-BF16), except on a CPU for models
     # that run slower so (Method.float32_on_cpu: the ViT).
     amp: bool = True
+
+    def __post_init__(self) -> None:
+        """Every field by its annotation and declaration, the recipe by its own, and no NaN or infinity in the
+        method's or backbone's arguments (a record holding one would not be JSON)."""
+        check(self, "run config")
+        check(self.recipe, "recipe")
+        for name, args in (("method_args", self.method_args), ("backbone_args", self.backbone_args)):
+            for key, value in args.items():
+                if not _finite(value):
+                    raise UsageError(f"{name} {key}={reprlib.repr(value)} is not a finite number; give a finite value")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,8 +78,17 @@ class RunConfig:
             if d.get("protocols") is not None:
                 d["protocols"] = tuple(d["protocols"])
             return cls(**d)
-        except (TypeError, AttributeError) as err:
+        except (TypeError, AttributeError, UsageError) as err:
             raise UsageError(f"{where} holds no valid run config ({err}); is it a repbench record.json?") from None
+
+
+def _finite(value: Any) -> bool:
+    """False when ``value`` is, or holds at any depth, a NaN or infinite float."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    return all(_finite(v) for v in value) if isinstance(value, (list, tuple)) else True
 
 
 def _hash(d: dict[str, Any]) -> str:

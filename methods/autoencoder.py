@@ -17,19 +17,21 @@ from torch import nn
 from bench.core.errors import UsageError
 from methods.base import Batch, Context, Decoder, Method
 from methods.losses.reconstruction import reconstruction_loss
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_CHANNELS, Knob, Recipe, ViewConfig, opt
 
 NOISES = ("none", "gaussian", "mask")
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    noise: str = "none"  # none | gaussian (additive, std noise_level) | mask (zero a noise_level share of pixels)
-    noise_level: float = 0.3
-    # Channels of the decoder's first maps, halved at the second upsampling. 32 rather than 64: same test MSE
-    # at the quick budget (0.44 vs 0.46 on 2,000 test images), a quarter of the decoder's compute (measured).
-    decoder_width: int = 32
-    crop_scale_min: float = 0.35
+    # none | gaussian (additive, std noise_level) | mask (zero a noise_level share of pixels)
+    noise: str = opt("none", choices=NOISES)
+    noise_level: float = opt(0.3, ge=0, le=1)  # a share of pixels for mask; gaussian stds past 1 drown the image
+    # Channels of the decoder's first maps, halved at the second upsampling (so at least 2). 32 rather than 64:
+    # same test MSE at the quick budget (0.44 vs 0.46 on 2,000 test images), a quarter of the decoder's compute
+    # (measured).
+    decoder_width: int = opt(32, ge=2, le=MAX_CHANNELS)
+    crop_scale_min: float = opt(0.35, gt=0, le=1)
 
 
 def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:

@@ -19,14 +19,14 @@ from methods.base import Batch, Context
 from methods.byol import AsymmetricViews
 from methods.heads import Projected, mlp
 from methods.losses.barlow import barlow_twins_loss
-from methods.spec import Knob, Recipe
+from methods.spec import MAX_DIM, MAX_WEIGHT, Knob, Recipe, opt
 
 
 @dataclass(frozen=True)
 class BarlowTwinsConfig(AsymmetricViews):
-    hidden_dim: int = 1024
-    out_dim: int = 1024
-    lambd: float = 0.0051
+    hidden_dim: int = opt(1024, ge=1, le=MAX_DIM)
+    out_dim: int = opt(1024, ge=1, le=MAX_DIM)
+    lambd: float = opt(0.0051, ge=0, le=MAX_WEIGHT)
 
 
 class BarlowTwins(Projected):

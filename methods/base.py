@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from bench.core.errors import UsageError
+from methods import METHODS
 from methods.backbones import build_backbone
-from methods.spec import UNIFIED_RECIPE, Ablation, Knob, Recipe, ViewConfig
+from methods.spec import UNIFIED_RECIPE, Ablation, Knob, Recipe, ViewConfig, check
 from methods.vit import ViT
 
 TrainedBy = Literal["sgd", "fit", "none"]
@@ -158,7 +159,9 @@ class Decoder(ABC):
 
 
 def make_config(cls: type[Method], overrides: dict[str, Any]):
-    """The method's Config with ``overrides`` applied; unknown keys are a user error."""
+    """The method's Config with ``overrides`` applied (JSON lists become tuples); an unknown key, or a value its
+    field's annotation or declaration (``methods.spec.opt``) refuses, is a user error, raised before anything is
+    built."""
     cfg = cls.Config()
     valid = {f.name for f in fields(cfg)}
     unknown = sorted(set(overrides) - valid)
@@ -166,27 +169,17 @@ def make_config(cls: type[Method], overrides: dict[str, Any]):
         raise UsageError(
             f"method option(s) {', '.join(unknown)} not understood; valid options: {', '.join(sorted(valid)) or 'none'}"
         )
-    defaults = vars(cfg)
-    for key, value in overrides.items():
-        if not _same_kind(defaults[key], value):
-            raise UsageError(f"method option {key}={value!r} should be a {type(defaults[key]).__name__} "
-                             f"like its default {defaults[key]!r}")
-    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    check(cfg, f"{method_name(cls)} option")
+    return cfg
+
+
+def method_name(cls: type[Method]) -> str:
+    """The name ``cls`` is registered under (what --method takes); its class name when it is not registered."""
+    same_module = (n for n in METHODS if METHODS.module_of(n) == cls.__module__)
+    return next((n for n in same_module if METHODS.get(n) is cls), cls.__name__)
 
 
 def config_defaults(cls: type[Method]) -> dict[str, Any]:
     """The Config's field defaults by name."""
     return dict(vars(cls.Config()))
-
-
-def _same_kind(default: Any, value: Any) -> bool:
-    """JSON-parsed overrides against the dataclass default's type (ints pass for floats, lists for tuples)."""
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, tuple):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))

@@ -16,7 +16,7 @@ from methods.base import Batch, Context
 from methods.ema import EMA, MOMENTUM_KNOB
 from methods.heads import Projected, mlp
 from methods.losses.byol import byol_loss
-from methods.spec import Recipe, ViewConfig
+from methods.spec import MAX_DIM, MAX_JITTER, Recipe, ViewConfig, opt
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,10 @@ class AsymmetricViews:
     """BYOL's two view recipes (Table 6), shared by Barlow Twins and VICReg. The colour jitter is
     ColorJitter(0.4, 0.4, 0.4, 0.1); the paper's saturation is 0.2."""
 
-    crop_scale_min: float = 0.08
-    jitter_strength: float = 0.5
-    blur_p: tuple[float, float] = (1.0, 0.1)
-    solarize_p: tuple[float, float] = (0.0, 0.2)
+    crop_scale_min: float = opt(0.08, gt=0, le=1)
+    jitter_strength: float = opt(0.5, ge=0, le=MAX_JITTER)
+    blur_p: tuple[float, float] = opt((1.0, 0.1), ge=0, le=1)
+    solarize_p: tuple[float, float] = opt((0.0, 0.2), ge=0, le=1)
 
     def views(self) -> tuple[ViewConfig, ...]:
         return tuple(ViewConfig(scale=(self.crop_scale_min, 1.0), strength=self.jitter_strength, blur_p=b, solarize_p=s)
@@ -36,9 +36,9 @@ class AsymmetricViews:
 
 @dataclass(frozen=True)
 class BYOLConfig(AsymmetricViews):
-    hidden_dim: int = 512  # paper 4096, scaled to the CPU backbones
-    out_dim: int = 128  # paper 256
-    momentum: float = 0.996  # tau_base; cosine to 1
+    hidden_dim: int = opt(512, ge=1, le=MAX_DIM)  # paper 4096, scaled to the CPU backbones
+    out_dim: int = opt(128, ge=1, le=MAX_DIM)  # paper 256
+    momentum: float = opt(0.996, ge=0, le=1)  # tau_base; cosine to 1
 
 
 class BYOL(Projected):

@@ -26,25 +26,29 @@ from torch import nn
 
 from methods.base import Batch, Context, Method, TextTower
 from methods.losses.clip import clip_loss
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_DEPTH, MAX_DIM, MAX_TEMPERATURE, MAX_TOKENS, Knob, Recipe, ViewConfig, opt
 from methods.text import PAD, WordTokenizer, build_text_encoder
 
 
 @dataclass(frozen=True)
 class CLIPConfig:
-    text_encoder: str = "transformer"  # transformer (the paper) | cbow (its bag-of-words baseline, Fig. 2)
-    pooling: str = "eot"  # eot (CLIP: EOT token under a causal mask) | cls
-    embed_dim: int = 128  # joint space
-    text_width: int = 64  # small: the captions are short and simple, and the text side must stay cheap on CPU
-    text_layers: int = 2
-    text_heads: int = 4
-    max_len: int = 32  # tokens, EOT included; longer texts are truncated
-    init_temperature: float = 0.07  # logit scale starts at 1 / 0.07 (paper Sec. 2.5)
-    max_logit_scale: float = 100.0  # "clipped to prevent scaling the logits by more than 100"
+    # transformer (the paper) | cbow (its bag-of-words baseline, Fig. 2)
+    text_encoder: str = opt("transformer", choices=("transformer", "cbow"))
+    pooling: str = opt("eot", choices=("eot", "cls"))  # eot (CLIP: EOT token under a causal mask) | cls
+    embed_dim: int = opt(128, ge=1, le=MAX_DIM)  # joint space
+    # Small: the captions are short and simple, and the text side must stay cheap on CPU.
+    text_width: int = opt(64, ge=1, le=MAX_DIM, multiple_of="text_heads")
+    text_layers: int = opt(2, ge=1, le=MAX_DEPTH)
+    text_heads: int = opt(4, ge=1, le=MAX_DEPTH)
+    max_len: int = opt(32, ge=2, le=MAX_TOKENS)  # tokens, EOT included (so a word and EOT); longer texts are truncated
+    init_temperature: float = opt(0.07, gt=0, le=MAX_TEMPERATURE)  # logit scale starts at 1 / 0.07 (paper Sec. 2.5)
+    # "clipped to prevent scaling the logits by more than 100"; below 1 the clamp would invert.
+    max_logit_scale: float = opt(100.0, ge=1, le=1e4)
     learn_scale: bool = True  # False: a fixed temperature (init_temperature), as SimCLR-style losses use
-    crop_scale_min: float = 0.5  # light crop (the paper's only augmentation is a random square crop)
-    flip_p: float = 0.5
-    fallback_template: str = "a photo of a {}."
+    crop_scale_min: float = opt(0.5, gt=0, le=1)  # light crop (the paper's only augmentation is a random square crop)
+    flip_p: float = opt(0.5, ge=0, le=1)
+    fallback_template: str = opt("a photo of a {}.", pattern=r"[^{}]*\{\}[^{}]*",
+                                 means="a caption with one {} where the class name goes, and no other braces")
 
 
 class CLIP(Method, TextTower):

@@ -27,29 +27,30 @@ from methods.base import Batch, Context, Method
 from methods.ema import EMA
 from methods.losses.dino import dino_loss
 from methods.multicrop import forward_by_resolution, local_size
-from methods.spec import Ablation, Knob, Recipe, ViewConfig, cell
+from methods.spec import MAX_CROPS, MAX_DIM, MAX_IMAGE, MAX_JITTER, MAX_TEMPERATURE, Ablation, Knob, Recipe, ViewConfig, cell, opt
 
 
 @dataclass(frozen=True)
 class DINOConfig:
-    out_dim: int = 1024  # K; paper 65536, scaled to the CPU backbones like the widths below
-    hidden_dim: int = 512  # paper 2048
-    bottleneck_dim: int = 128  # paper 256
+    out_dim: int = opt(1024, ge=1, le=MAX_DIM)  # K; paper 65536, scaled to the CPU backbones like the widths below
+    hidden_dim: int = opt(512, ge=1, le=MAX_DIM)  # paper 2048
+    bottleneck_dim: int = opt(128, ge=1, le=MAX_DIM)  # paper 256
     head_bn: bool = False  # DINO's use_bn_in_head (off by default, also for its ResNet-50 run)
     norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    teacher_temp_warmup: float = 0.1  # fraction of training (the paper: 30 of 300 epochs)
-    center_momentum: float = 0.9
-    momentum: float = 0.996  # teacher EMA, cosine to 1
-    freeze_last_layer: float = 0.01  # fraction of training (the code: 1 of 100 epochs)
-    n_local_crops: int = 8
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    local_size_ratio: float = 96 / 224
-    local_min_size: int = 8
-    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; the paper's saturation is 0.2
+    student_temp: float = opt(0.1, gt=0, le=MAX_TEMPERATURE)
+    warmup_teacher_temp: float = opt(0.04, gt=0, le=MAX_TEMPERATURE)
+    teacher_temp: float = opt(0.07, gt=0, le=MAX_TEMPERATURE)
+    teacher_temp_warmup: float = opt(0.1, ge=0, le=1)  # fraction of training (the paper: 30 of 300 epochs)
+    center_momentum: float = opt(0.9, ge=0, le=1)  # 1: no centering (the center stays zero)
+    momentum: float = opt(0.996, ge=0, le=1)  # teacher EMA, cosine to 1
+    freeze_last_layer: float = opt(0.01, ge=0, le=1)  # fraction of training (the code: 1 of 100 epochs)
+    n_local_crops: int = opt(8, ge=0, le=MAX_CROPS)
+    global_scale: tuple[float, float] = opt((0.4, 1.0), gt=0, le=1)
+    local_scale: tuple[float, float] = opt((0.05, 0.4), gt=0, le=1)
+    local_size_ratio: float = opt(96 / 224, gt=0, le=1)
+    local_min_size: int = opt(8, ge=1, le=MAX_IMAGE)
+    # ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; the paper's saturation is 0.2.
+    jitter_strength: float = opt(0.5, ge=0, le=MAX_JITTER)
 
 
 class DINOHead(nn.Module):

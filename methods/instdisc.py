@@ -33,18 +33,18 @@ import torch.nn.functional as F
 from methods.base import Batch, Context, Method
 from methods.heads import mlp
 from methods.losses.instdisc import nce_loss
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_DIM, MAX_JITTER, MAX_ROWS, MAX_TEMPERATURE, Knob, Recipe, ViewConfig, opt
 
 
 @dataclass(frozen=True)
 class InstDiscConfig:
-    loss: str = "softmax"  # softmax | nce (the paper's approximation; see the module docstring)
-    out_dim: int = 128
-    temperature: float = 0.07
-    bank_momentum: float = 0.5
-    noise_samples: int = 4096  # capped at the training-set size (recorded)
-    crop_scale_min: float = 0.2
-    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1); the code's hue is 0.4
+    loss: str = opt("softmax", choices=("softmax", "nce"))  # nce: the paper's approximation (module docstring)
+    out_dim: int = opt(128, ge=1, le=MAX_DIM)
+    temperature: float = opt(0.07, gt=0, le=MAX_TEMPERATURE)
+    bank_momentum: float = opt(0.5, ge=0, le=1)
+    noise_samples: int = opt(4096, ge=1, le=MAX_ROWS)  # capped at the training-set size (recorded)
+    crop_scale_min: float = opt(0.2, gt=0, le=1)
+    jitter_strength: float = opt(0.5, ge=0, le=MAX_JITTER)  # ColorJitter(0.4, 0.4, 0.4, 0.1); the code's hue is 0.4
 
 
 class InstDisc(Method):

@@ -17,18 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core.errors import UsageError
 from methods.base import Context, Method
+from methods.spec import MAX_DIM, MAX_IMAGE, MAX_ROWS, opt
 
 
 @dataclass(frozen=True)
 class KMeansFeaturesConfig:
-    num_centroids: int = 128
-    patch_size: int | None = None  # None: 6 (the paper's) on images of 16 px and more, 3 on smaller ones
-    stride: int = 1
-    num_patches: int = 50_000  # patches sampled to fit the whitening and the dictionary
-    norm_eps: float = 10.0  # per-patch contrast normalisation, in 0-255 pixel units squared
-    zca_eps: float = 0.1
-    kmeans_iters: int = 20
+    num_centroids: int = opt(128, ge=1, le=MAX_DIM)
+    # None: 6 (the paper's) on images of 16 px and more, 3 on smaller ones.
+    patch_size: int | None = opt(None, ge=1, le=MAX_IMAGE)
+    stride: int = opt(1, ge=1, le=MAX_IMAGE)
+    # Patches sampled to fit the whitening and the dictionary; K-means needs one per centroid at least.
+    num_patches: int = opt(50_000, ge="num_centroids", le=MAX_ROWS)
+    norm_eps: float = opt(10.0, gt=0, le=1e6)  # per-patch contrast normalisation, in 0-255 pixel units squared
+    zca_eps: float = opt(0.1, gt=0, le=1e6)
+    kmeans_iters: int = opt(20, ge=1, le=10_000)
 
 
 def normalise_patches(patches: torch.Tensor, eps: float) -> torch.Tensor:
@@ -98,6 +102,9 @@ class KMeansFeatures(Method):
     def __init__(self, ctx: Context, cfg: KMeansFeaturesConfig) -> None:
         super().__init__(cfg)
         patch = cfg.patch_size or (6 if ctx.image_size >= 16 else 3)
+        if patch > ctx.image_size:
+            raise UsageError(f"kmeans-features patch_size={patch} is larger than the {ctx.image_size}-pixel images; "
+                             f"give patch_size <= {ctx.image_size}")
         self.encoder = KMeansEncoder(ctx.in_channels, patch, cfg.stride, cfg.num_centroids, cfg)
 
     @torch.no_grad()

@@ -18,27 +18,30 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.core.errors import UsageError
 from methods.backbones import build_backbone
 from methods.base import Batch, Context, Decoder, Method
 from methods.losses.reconstruction import mae_loss, normalise_patches
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_DEPTH, MAX_DIM, Knob, Recipe, ViewConfig, opt
 from methods.vit import patchify, random_masking, sincos_2d, transformer, unpatchify
 
 
 @dataclass(frozen=True)
 class MAEConfig:
-    encoder: str = "vit"  # fixed: whatever --backbone says, the encoder is a vit (see module docstring)
+    # Fixed: whatever --backbone says, the encoder is a vit (see module docstring).
+    encoder: str = opt("vit", choices=("vit",))
     # Features the protocols see. The paper probes the CLS token but notes average pooling works as well
     # (App. A.1); in a 2-epoch budget the CLS token, trained only through the decoder's attention,
     # is nearly constant (embed std ratio 0.04 on digits: the collapse watchdog stops the run), so: mean.
-    pool: str = "mean"
-    mask_ratio: float = 0.75
+    pool: str = opt("mean", choices=("mean", "cls"))
+    mask_ratio: float = opt(0.75, ge=0, lt=1)
     norm_pix: bool = True  # per-patch normalised targets
-    decoder_dim: int = 64  # "light": the paper's decoder is 512 wide against ViT-L's 1024
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    crop_scale_min: float = 0.2  # the paper's only augmentation: random resized crop (0.2, 1) + flip
-    metric_seed: int = 0  # the fixed masks the test-split reconstruction metric uses
+    # "Light": the paper's decoder is 512 wide against ViT-L's 1024. Its sin-cos positions need a multiple of 4.
+    decoder_dim: int = opt(64, ge=4, le=MAX_DIM, multiple_of=(4, "decoder_heads"))
+    decoder_depth: int = opt(2, ge=1, le=MAX_DEPTH)
+    decoder_heads: int = opt(4, ge=1, le=MAX_DEPTH)
+    crop_scale_min: float = opt(0.2, gt=0, le=1)  # the paper's only augmentation: random resized crop (0.2, 1) + flip
+    metric_seed: int = opt(0, ge=0, le=2**31 - 1)  # the fixed masks the test-split reconstruction metric uses
 
 
 class MAEDecoder(nn.Module):
@@ -73,6 +76,9 @@ class MAE(Method, Decoder):
         super().__init__(cfg)
         args = dict(ctx.backbone_args or {}) if ctx.backbone == "vit" else {}
         self.encoder = build_backbone("vit", ctx.in_channels, ctx.image_size, **{"pool": cfg.pool, **args})
+        if int(self.encoder.num_patches * (1 - cfg.mask_ratio)) < 1:
+            raise UsageError(f"mae mask_ratio={cfg.mask_ratio} hides all {self.encoder.num_patches} patches of these "
+                             f"images; lower it below {1 - 1 / self.encoder.num_patches:.3f}")
         p = self.encoder.patch_size
         self.decoder = MAEDecoder(self.encoder.feature_dim, self.encoder.grid, ctx.in_channels * p * p, cfg)
         self.image_size = ctx.image_size

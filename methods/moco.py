@@ -27,30 +27,34 @@ from methods.base import Batch, Context, Method
 from methods.ema import EMA, MOMENTUM_KNOB
 from methods.heads import mlp
 from methods.losses.moco import info_nce_loss
-from methods.spec import Ablation, Knob, Recipe, ViewConfig, cell
+from methods.spec import MAX_DEPTH, MAX_DIM, MAX_JITTER, MAX_ROWS, MAX_TEMPERATURE, Ablation, Knob, Recipe, ViewConfig, cell, opt
 
 
 @dataclass(frozen=True)
 class MoCoConfig:
     """MoCo v1 defaults. Head widths are scaled to the CPU backbones (paper: 2048 / 4096 hidden, 128 / 256 out)."""
 
-    head_layers: int | None = 1  # 1 linear (v1), 2 MLP (v2); None: 2 for CNNs, 3 for ViTs (v3 official configs)
+    # 1 linear (v1), 2 MLP (v2); None: 2 for CNNs, 3 for ViTs (v3 official configs).
+    head_layers: int | None = opt(1, ge=1, le=MAX_DEPTH)
     head_bn: bool = False  # v3: BN in the head and an affine-free BN on its output
-    hidden_dim: int = 512
-    out_dim: int = 128
+    hidden_dim: int = opt(512, ge=1, le=MAX_DIM)
+    out_dim: int = opt(128, ge=1, le=MAX_DIM)
     predictor: bool = False  # v3: 2-layer predictor on the query branch
-    queue_size: int = 65536  # 0: in-batch negatives (v3); capped at half the training set
+    queue_size: int = opt(65536, ge=0, le=MAX_ROWS)  # 0: in-batch negatives (v3); capped at half the training set
     symmetric: bool = False  # v3: each view is query for the other's key
     scale_by_2t: bool = False  # v3 multiplies each loss by 2T so the gradient scale does not depend on T
-    temperature: float | None = 0.07  # None: 1.0 for CNNs, 0.2 for ViTs (v3 official configs)
-    momentum: float = 0.999
+    # None: 1.0 for CNNs, 0.2 for ViTs (v3 official configs).
+    temperature: float | None = opt(0.07, gt=0, le=MAX_TEMPERATURE)
+    momentum: float = opt(0.999, ge=0, le=1)
     momentum_cosine: bool = False  # v3: momentum rises to 1 along a half cosine
-    shuffle_bn_groups: int = 8  # v1/v2 ran BN per GPU on 8 GPUs with keys shuffled across them; 1 = off
-    crop_scale_min: float = 0.2
-    jitter_p: float = 1.0  # v1 always jitters (InstDisc's recipe); v2/v3 with p 0.8
-    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1); v1's hue is 0.4, v3's saturation 0.2
-    blur_p: tuple[float, float] = (0.0, 0.0)  # per view
-    solarize_p: tuple[float, float] = (0.0, 0.0)  # per view
+    # v1/v2 ran BN per GPU on 8 GPUs with keys shuffled across them; 1 = off.
+    shuffle_bn_groups: int = opt(8, ge=1, le=1024)
+    crop_scale_min: float = opt(0.2, gt=0, le=1)
+    jitter_p: float = opt(1.0, ge=0, le=1)  # v1 always jitters (InstDisc's recipe); v2/v3 with p 0.8
+    # ColorJitter(0.4, 0.4, 0.4, 0.1); v1's hue is 0.4, v3's saturation 0.2.
+    jitter_strength: float = opt(0.5, ge=0, le=MAX_JITTER)
+    blur_p: tuple[float, float] = opt((0.0, 0.0), ge=0, le=1)  # per view
+    solarize_p: tuple[float, float] = opt((0.0, 0.0), ge=0, le=1)  # per view
 
 
 @dataclass(frozen=True)

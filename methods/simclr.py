@@ -13,18 +13,18 @@ import torch
 from methods.base import Batch, Context
 from methods.heads import Projected, mlp
 from methods.losses.contrastive import nt_xent_loss
-from methods.spec import Ablation, Knob, Recipe, ViewConfig, cell
+from methods.spec import MAX_DIM, MAX_JITTER, MAX_TEMPERATURE, Ablation, Knob, Recipe, ViewConfig, cell, opt
 
 
 @dataclass(frozen=True)
 class SimCLRConfig:
-    temperature: float = 0.5  # paper Table 5 / B.9: 0.5 for CIFAR-10
-    head: str = "mlp"  # mlp | linear | none (paper Fig. 8: nonlinear > linear > none)
-    hidden_dim: int = 512
-    out_dim: int = 128
-    crop_scale_min: float = 0.08
-    jitter_strength: float = 0.5  # CIFAR-10 uses s=0.5 (App. B.9)
-    blur_p: float = 0.0  # the paper drops blur for CIFAR-10
+    temperature: float = opt(0.5, gt=0, le=MAX_TEMPERATURE)  # paper Table 5 / B.9: 0.5 for CIFAR-10
+    head: str = opt("mlp", choices=("mlp", "linear", "none"))  # paper Fig. 8: nonlinear > linear > none
+    hidden_dim: int = opt(512, ge=1, le=MAX_DIM)
+    out_dim: int = opt(128, ge=1, le=MAX_DIM)
+    crop_scale_min: float = opt(0.08, gt=0, le=1)
+    jitter_strength: float = opt(0.5, ge=0, le=MAX_JITTER)  # CIFAR-10 uses s=0.5 (App. B.9)
+    blur_p: float = opt(0.0, ge=0, le=1)  # the paper drops blur for CIFAR-10
 
 
 class SimCLR(Projected):

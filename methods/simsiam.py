@@ -17,18 +17,19 @@ import torch
 from methods.base import Batch, Context
 from methods.heads import Projected, mlp
 from methods.losses.byol import simsiam_loss
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_DEPTH, MAX_DIM, MAX_JITTER, Knob, Recipe, ViewConfig, opt
 
 
 @dataclass(frozen=True)
 class SimSiamConfig:
-    projector_layers: int = 3  # ImageNet; the paper's CIFAR variant uses 2
-    hidden_dim: int = 512  # paper 2048 (projector hidden and output), scaled to the CPU backbones
-    out_dim: int = 512
-    predictor_hidden_dim: int = 128  # paper 512: a bottleneck of a quarter of out_dim
-    crop_scale_min: float = 0.2
-    jitter_strength: float = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8
-    blur_p: float = 0.5
+    projector_layers: int = opt(3, ge=1, le=MAX_DEPTH)  # ImageNet; the paper's CIFAR variant uses 2
+    # Paper 2048 (projector hidden and output), scaled to the CPU backbones.
+    hidden_dim: int = opt(512, ge=1, le=MAX_DIM)
+    out_dim: int = opt(512, ge=1, le=MAX_DIM)
+    predictor_hidden_dim: int = opt(128, ge=1, le=MAX_DIM)  # paper 512: a bottleneck of a quarter of out_dim
+    crop_scale_min: float = opt(0.2, gt=0, le=1)
+    jitter_strength: float = opt(0.5, ge=0, le=MAX_JITTER)  # ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8
+    blur_p: float = opt(0.5, ge=0, le=1)
 
 
 class SimSiam(Projected):

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Batch, Context, Method
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_JITTER, Knob, Recipe, ViewConfig, opt
 
 
 @dataclass(frozen=True)
 class SupervisedConfig:
-    label_smoothing: float = 0.0
-    crop_scale_min: float = 0.2
-    jitter_strength: float = 0.0  # standard supervised recipes use crop + flip only
+    label_smoothing: float = opt(0.0, ge=0, le=1)
+    crop_scale_min: float = opt(0.2, gt=0, le=1)
+    jitter_strength: float = opt(0.0, ge=0, le=MAX_JITTER)  # standard supervised recipes use crop + flip only
 
 
 class Supervised(Method):

@@ -21,27 +21,27 @@ from methods.base import Batch, Context, Method
 from methods.heads import mlp
 from methods.losses.swav import swav_loss
 from methods.multicrop import forward_by_resolution, local_size
-from methods.spec import Knob, Recipe, ViewConfig
+from methods.spec import MAX_CROPS, MAX_DIM, MAX_IMAGE, MAX_JITTER, MAX_ROWS, MAX_TEMPERATURE, Knob, Recipe, ViewConfig, opt
 
 
 @dataclass(frozen=True)
 class SwAVConfig:
-    hidden_dim: int = 512  # paper 2048, scaled to the CPU backbones
-    out_dim: int = 128
-    prototypes: int = 3000
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    queue_length: int = 3840  # the batch-256 script; capped at half the training set
-    queue_start: float = 0.075  # fraction of training (epoch 15 of 200)
-    freeze_prototypes: float = 0.005  # fraction of training (5005 iterations = 1 of 200 epochs)
-    n_local_crops: int = 6
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    local_size_ratio: float = 96 / 224
-    local_min_size: int = 8
-    jitter_strength: float = 1.0  # SwAV's colour distortion s = 1
-    blur_p: float = 0.5
+    hidden_dim: int = opt(512, ge=1, le=MAX_DIM)  # paper 2048, scaled to the CPU backbones
+    out_dim: int = opt(128, ge=1, le=MAX_DIM)
+    prototypes: int = opt(3000, ge=1, le=MAX_DIM)
+    temperature: float = opt(0.1, gt=0, le=MAX_TEMPERATURE)
+    epsilon: float = opt(0.05, gt=0, le=MAX_TEMPERATURE)  # Sinkhorn's entropy weight, a temperature of the codes
+    sinkhorn_iterations: int = opt(3, ge=1, le=1000)
+    queue_length: int = opt(3840, ge=0, le=MAX_ROWS)  # the batch-256 script; capped at half the training set
+    queue_start: float = opt(0.075, ge=0, le=1)  # fraction of training (epoch 15 of 200)
+    freeze_prototypes: float = opt(0.005, ge=0, le=1)  # fraction of training (5005 iterations = 1 of 200 epochs)
+    n_local_crops: int = opt(6, ge=0, le=MAX_CROPS)
+    global_scale: tuple[float, float] = opt((0.14, 1.0), gt=0, le=1)
+    local_scale: tuple[float, float] = opt((0.05, 0.14), gt=0, le=1)
+    local_size_ratio: float = opt(96 / 224, gt=0, le=1)
+    local_min_size: int = opt(8, ge=1, le=MAX_IMAGE)
+    jitter_strength: float = opt(1.0, ge=0, le=MAX_JITTER)  # SwAV's colour distortion s = 1
+    blur_p: float = opt(0.5, ge=0, le=1)
 
 
 class SwAV(Method):

@@ -17,16 +17,16 @@ import torch
 from methods.barlowtwins import BarlowTwins
 from methods.byol import AsymmetricViews
 from methods.losses.vicreg import vicreg_loss
-from methods.spec import Knob, Recipe
+from methods.spec import MAX_DIM, MAX_WEIGHT, Knob, Recipe, opt
 
 
 @dataclass(frozen=True)
 class VICRegConfig(AsymmetricViews):
-    hidden_dim: int = 1024
-    out_dim: int = 1024
-    sim_coeff: float = 25.0
-    std_coeff: float = 25.0
-    cov_coeff: float = 1.0
+    hidden_dim: int = opt(1024, ge=1, le=MAX_DIM)
+    out_dim: int = opt(1024, ge=1, le=MAX_DIM)
+    sim_coeff: float = opt(25.0, ge=0, le=MAX_WEIGHT)
+    std_coeff: float = opt(25.0, ge=0, le=MAX_WEIGHT)
+    cov_coeff: float = opt(1.0, ge=0, le=MAX_WEIGHT)
 
 
 class VICReg(BarlowTwins):
