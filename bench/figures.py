@@ -13,12 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 
 from bench.augment import normalise
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data import Dataset, load_dataset
+from bench.data.cache import prepare_matplotlib
 from bench.runner import RECORD, build_method
 from bench.store import load_checkpoint, read_json
 from bench.train import CHECKPOINT
@@ -84,6 +84,9 @@ def render(rows: dict[str, torch.Tensor], blend: torch.Tensor, blend_label: str,
     to_img = lambda x: (x.float().cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     grid = [(name, to_img(x)) for name, x in rows.items()] + [(blend_label, to_img(blend))]
     cols = max(len(x) for _, x in grid)
+    prepare_matplotlib()  # before matplotlib reads its config folder: HOME may be unwritable
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(1.1 * cols + 1.6, 1.15 * len(grid) + 0.6))
     axes = fig.subplots(len(grid), cols, squeeze=False)
     for r, (name, imgs) in enumerate(grid):

@@ -20,6 +20,11 @@ GROUP = ["suite", "dataset", "backbone", "method", "variant", "recipe", "epochs"
 
 
 def load_records(runs: Path) -> list[dict]:
+    return [rec for _, rec in _load(runs)]
+
+
+def _load(runs: Path) -> list[tuple[Path, dict]]:
+    """(path, record) of every record.json under ``runs``; the first unreadable or malformed one is a UsageError."""
     runs = Path(runs)
     if not runs.exists():
         raise UsageError(f"no results directory {runs}; run 'repbench run ...' first or pass --runs DIR")
@@ -27,14 +32,75 @@ def load_records(runs: Path) -> list[dict]:
     for path in sorted(runs.rglob("record.json")):
         try:
             rec = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise UsageError(f"cannot read {path}: {err}; delete or rerun that run") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or "metrics" not in rec:
-            raise UsageError(f"{path} is not a repbench record (no config/metrics); delete it or move it out of --runs")
-        records.append(rec)
+        problem = record_problem(rec)
+        if problem:
+            raise UsageError(f"{path} is not a repbench record ({problem}); delete it or move it out of --runs")
+        records.append((path, rec))
     if not records:
         raise UsageError(f"no record.json under {runs}; run 'repbench run ...' first or pass --runs DIR")
     return records
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {type(None): "null", int: "a number", float: "a number", str: "text", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_object(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+MISSING = object()
+# (where, key, default (MISSING: required), test) for every field that flatten() reads.
+RECORD_FIELDS = [("config", k, MISSING, _is_text) for k in ("suite", "dataset", "backbone", "method")] + [
+    ("config", "seed", MISSING, _is_int), ("config", "epochs", None, lambda v: v is None or _is_int(v)),
+    ("config", "method_args", {}, _is_object), ("config", "recipe_name", "", _is_text), ("", "status", "ok", _is_text),
+    ("", "metrics", MISSING, _is_object), ("", "data", {}, _is_object), ("", "timing", {}, _is_object),
+    ("", "throughput", {}, _is_object)]
+
+
+def record_problem(rec: object) -> str | None:
+    """What keeps ``rec`` from being a row of a table (one phrase), or None when it has a record's shape."""
+    if not isinstance(rec, dict):
+        return f"the file holds {_json_type(rec)}, not an object"
+    if not isinstance(rec.get("config"), dict):
+        return "no config" if "config" not in rec else f"config is {_json_type(rec['config'])}, not an object"
+    for where, key, default, ok in RECORD_FIELDS:
+        value = (rec[where] if where else rec).get(key, default)
+        name = f"{where}.{key}".lstrip(".")
+        if value is MISSING:
+            return f"no {name}"
+        if not ok(value):
+            return f"{name} is {_json_type(value)}"
+    bad = next((k for k, entry in rec["metrics"].items() if not isinstance(entry, dict)), None)
+    return None if bad is None else f"metrics.{bad} is {_json_type(rec['metrics'][bad])}, not an object"
+
+
+def _check_columns(path: Path, rec: dict, columns: tuple[str, ...]) -> None:
+    """Every value the table would average is a number (or null)."""
+    for key, entry in rec["metrics"].items():
+        for col in columns:
+            kpat, field = col.rsplit(".", 1)
+            value = entry.get(field)
+            if value is not None and not _is_number(value) and fnmatch.fnmatch(key, kpat):
+                raise UsageError(f"{path} is not a repbench record (metrics.{key}.{field} is {_json_type(value)}, "
+                                 "not a number); delete it or move it out of --runs")
 
 
 def flatten(records: list[dict], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> pd.DataFrame:
@@ -91,7 +157,7 @@ def _fmt(mean: float, ci: float, scale: float, digits: int) -> str:
 def markdown(agg: pd.DataFrame) -> str:
     metric_cols = sorted({c.rsplit(".", 1)[0] for c in agg.columns if c.endswith(".mean")} - {"train_s"},
                          key=_column_order)
-    cols = ["method", "variant", "backbone", "dataset", "recipe", "epochs", "train_n", "seeds"]
+    cols = ["suite", "method", "variant", "backbone", "dataset", "recipe", "epochs", "train_n", "seeds"]
     # Columns that are the same on every row say nothing; keep the table narrow.
     shown = pd.DataFrame({k: agg[k] for k in cols if k in ("method", "seeds") or agg[k].nunique(dropna=False) > 1})
     for c in metric_cols:
@@ -115,7 +181,12 @@ def _column_order(col: str) -> tuple[int, str]:
 def write_table(runs: Path, out: Path, columns: tuple[str, ...] = DEFAULT_COLUMNS,
                 records: list[dict] | None = None) -> tuple[str, Path, Path]:
     """Aggregate ``records`` (default: every record.json under ``runs``) into out/table.md and out/table.csv."""
-    agg = aggregate(flatten(records if records is not None else load_records(runs), columns))
+    if records is None:
+        loaded = _load(runs)
+        for path, rec in loaded:
+            _check_columns(path, rec, columns)
+        records = [rec for _, rec in loaded]
+    agg = aggregate(flatten(records, columns))
     common = {k: agg[k].iloc[0] for k in ("backbone", "dataset", "recipe", "epochs", "train_n") if agg[k].nunique() == 1}
     setting = ", ".join(f"{k} {v}" for k, v in common.items())
     text = f"Mean ± 95% CI (t-interval) over seeds; {setting}.\n\n" + markdown(agg) + "\n"

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.data.cache import prepare_matplotlib
 from bench.store import atomic_write_bytes
 
 CONFIDENCE = 0.95
@@ -189,6 +190,7 @@ def _save_png(fig, path) -> None:
 
 def plot_budget_curves(curves: Mapping[str, pd.DataFrame], path, title: str = "") -> None:
     """One line per method, shaded +- 1 std of the max (as in Dodge et al.'s figures)."""
+    prepare_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,6 +215,7 @@ def plot_budget_curves(curves: Mapping[str, pd.DataFrame], path, title: str = ""
 
 def plot_cells(table: pd.DataFrame, label: str, path, title: str = "") -> None:
     """Each cell's mean (dot) with its bootstrap interval, on an axis zoomed to the data."""
+    prepare_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,6 +9,9 @@ from bench.data.fashion_mnist import fetch_fashion_mnist
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("Fashion-MNIST is looked up in $REPBENCH_DATA, else the Debian package's folder, else the download "
+                "cache; its .gz files are unpacked into $REPBENCH_CACHE (default ~/.cache/repbench). An environment "
+                "variable set to an empty value counts as unset.")
     p.add_argument("action", choices=["fetch"])
     p.add_argument("dataset")
 

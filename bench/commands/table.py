@@ -10,6 +10,9 @@ from bench.report import DEFAULT_COLUMNS, write_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("A record.json that cannot be read or is malformed (not a record's shape: no config.suite, metrics not "
+                "an object, a metric value that is not a number, ...) stops the command with one line naming the file "
+                "and exit 2; no table is written. Rows from more than one suite get a suite column.")
     p.add_argument("--runs", default="results/runs", help="folder searched for record.json (default results/runs)")
     p.add_argument("--out", help="where table.md and table.csv go (default: the --runs folder)")
     p.add_argument("--metrics", help="comma-separated KEY.FIELD columns, fnmatch patterns on KEY (e.g. 'knn*.top1,linear.top1')")
