@@ -197,10 +197,12 @@ def _safe_load(source, path: Path, damaged: str, hint: str) -> Any:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise UsageError(f"checkpoint {path} is {damaged} (UnpicklingError); {hint}") from None
+        # A pickle that names a global (a class or function to call) is a crafted or foreign file; other
+        # unpickling errors (unknown opcodes, bad lengths) are damage.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f"it names {found.group(1)[:80]}" if found else "an unsupported pickle instruction"
+        if not found:
+            raise UsageError(f"checkpoint {path} is {damaged} (UnpicklingError); {hint}") from None
+        what = f"it names {found.group(1)[:80]}"
         raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values ({what}); refused, "
                          f"since loading them could run code; {hint}") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
