@@ -1,23 +1,30 @@
 """A trained method's evaluation: its features computed once, every protocol run on those tensors, then the
-method's own metrics. Everything a protocol sees is made here; protocols never see a model or a dataset."""
+method's own metrics. Everything a protocol sees is made here; protocols never see a model or a dataset.
+
+Skipped entries (protocols/base.py's docstring has the rule) are said here, once each, on stderr; the checks made
+before any work (``check_before_training``, ``refuse_unproducible``) ask the protocols' ``LIMITS``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.augment import normalise
 from bench.config import RunConfig
+from bench.core.errors import UsageError
 from bench.data import Dataset
 from bench.features import extract
 from bench.store import write_json
 from methods.base import Method, TextTower
-from protocols import PROTOCOLS
-from protocols.base import ClassSet, Features, Metrics, TextSide
+from protocols import LIMITS, PROTOCOLS
+from protocols.base import ClassSet, Features, Metrics, TextSide, check_labels
+from protocols.limits import Shape, is_skipped
 
 # A subset of CLIP's 80 ImageNet prompts (openai/CLIP notebooks/Prompt_Engineering_for_ImageNet.ipynb),
 # the ones that make sense for small single-object images; datasets may bring their own.
@@ -50,12 +57,44 @@ def evaluate(method: Method, ds: Dataset, cfg: RunConfig) -> Metrics:
     test_x = extract(method.encoder, ds.test_x, mean, std, cfg.device)
     text = text_side(method, ds, test_x, cfg.device) if isinstance(method, TextTower) else None
     test = Features(test_x, ds.test_y, ds.num_classes, "test", text)
-    metrics: dict[str, Any] = {}
-    for name in cfg.protocols if cfg.protocols is not None else PROTOCOLS.names():
-        metrics.update(PROTOCOLS.get(name)(train, test, seed=cfg.seed, device=cfg.device))
+    names = cfg.protocols if cfg.protocols is not None else PROTOCOLS.names()
+    metrics: dict[str, Any] = run_protocols(names, train, test, seed=cfg.seed, device=cfg.device)
     with torch.no_grad():
         metrics.update(method.extra_metrics(normalise(ds.test_x, mean, std).to(cfg.device)))
     return metrics
+
+
+def run_protocols(names: Iterable[str], train: Features, test: Features, *, seed: int, device: str,
+                  log: Callable[[str], None] | None = None) -> Metrics:
+    """Every named protocol's entries; each skipped one said once (``log``, default stderr)."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    metrics: Metrics = {}
+    for name in names:
+        out = PROTOCOLS.get(name)(train, test, seed=seed, device=device)
+        for key, entry in out.items():
+            if is_skipped(entry):
+                log(f"repbench: skipped {key}: {entry['skipped']}")
+        metrics.update(out)
+    return metrics
+
+
+def refuse_unproducible(names: Iterable[str], shape: Shape, fix: str) -> None:
+    """UsageError for the first protocol of ``names`` that would give nothing but skipped entries on ``shape``."""
+    for name in names:
+        reasons = LIMITS.get(name)(shape)
+        if reasons and all(reasons.values()):
+            key, reason = next(iter(reasons.items()))
+            raise UsageError(f"protocol {name} cannot run on this data: {key} {reason}; {fix}")
+
+
+def check_before_training(cfg: RunConfig, ds: Dataset) -> None:
+    """Before anything is trained or written: the labels are usable, and no protocol named in --protocols would
+    give only skipped entries on this data's sample counts (the feature dimension is not known yet)."""
+    check_labels(ds.train_y, "train", ds.num_classes)
+    check_labels(ds.test_y, "test", ds.num_classes)
+    if cfg.protocols:  # None: every registered protocol, each giving what it can
+        shape = Shape(np.bincount(ds.train_y.cpu().numpy(), minlength=ds.num_classes), len(ds.test_y), None, cfg.device)
+        refuse_unproducible(cfg.protocols, shape, "leave it out of --protocols or use more images per class")
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from bench.config import RunConfig
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.data import DATASETS, Dataset, load_dataset
-from bench.evaluate import evaluate, write_clip_benchmark
+from bench.evaluate import check_before_training, evaluate, write_clip_benchmark
 from bench.store import provenance, read_json, remove_stale_temps, save_checkpoint, write_json
 from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods import METHODS
@@ -79,6 +79,7 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     ds = ds or load_dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class)
     if cfg.batch_size > len(ds.train_y):
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(ds.train_y)} training images; lower it")
+    check_before_training(cfg, ds)
     method = build_method(cfg, ds)
     run_dir = run_dir_for(cfg, out)
     run_dir.mkdir(parents=True, exist_ok=True)

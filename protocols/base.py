@@ -4,6 +4,28 @@ A protocol is ``evaluate(train: Features, test: Features, *, seed=0, device="cpu
 It returns one entry per result key (``"knn"``, ``"knn_k200"``, ``"linear"``...), each a flat dict holding the
 settings that produced the values beside the values (fractions 0..1), so a number can never be separated from
 how it was made. A setting a protocol does not have is an error (TypeError), never silently dropped.
+
+Data a protocol cannot use, by one rule for every protocol:
+
+- Bad input is refused (UsageError: one line, exit 2 at the CLI) before any work: labels that are not integers in
+  [0, C) with C <= MAX_CLASSES and C at most the number of samples, not one label per row, an empty split,
+  differing dimensions (``check_inputs``, run by every protocol on entry in O(N)); and, where features come from
+  files (eval-features), NaN/inf or a class without a training sample (``check_features``).
+- Valid data that cannot support one result is that entry skipped: ``{"skipped": "<reason>"}`` and nothing else
+  (protocols.limits.skipped), the reason one line saying what is needed, what the data has, and the fix; the
+  harness says each once on stderr and the other entries go on. Causes: too few images in a class for a few-shot
+  setting (k labelled + 1 to validate), under 2 training samples for the linear probe's validation split, and
+  memory: each protocol states a formula for what it allocates and checks it against the budget
+  (protocols.limits.memory_budget) before allocating anything, never trying the allocation.
+- Refused up front instead (UsageError before anything is computed or trained) when a protocol the user asked for
+  would give nothing but skipped entries: ``repbench eval-features`` knows everything up front (memory included);
+  ``repbench run`` checks the sample counts of the protocols named in --protocols before training (D is the
+  encoder's, known only after).
+- Documented fallbacks that still answer the question are not skips: k-NN with k above the training set uses
+  all of it (``k_used``); K-Means with more classes than training samples fits one cluster per sample.
+
+Each protocol module's ``limits(shape, **settings) -> {key: reason or ""}`` (registry ``protocols.LIMITS``) is that
+decision for a ``protocols.limits.Shape``: the protocol itself and the harness's up-front checks ask the same one.
 """
 
 from __future__ import annotations
@@ -15,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.core.errors import UsageError
@@ -117,8 +140,25 @@ def classification_metrics(scores: torch.Tensor, y: torch.Tensor, num_classes: i
 # --------------------------------------------------------------------------- inputs and threads
 
 
-def check_features(train: Features, test: Features) -> None:
-    """Reject what no protocol can evaluate, with one line saying what is wrong (UsageError)."""
+MAX_CLASSES = 100_000  # labels are class indices: anything larger is an id that needs renumbering 0..C-1
+
+
+def check_labels(y: torch.Tensor, name: str, num_classes: int) -> None:
+    """Integer labels in [0, num_classes), num_classes <= MAX_CLASSES. O(N): min and max only, never range(C)."""
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise UsageError(f"{name} labels must be integers 0..C-1, got dtype {str(y.dtype).removeprefix('torch.')}")
+    lo, hi = (int(y.min()), int(y.max())) if len(y) else (0, -1)
+    if lo < 0 or hi >= MAX_CLASSES:
+        raise UsageError(f"{name} labels must be integers 0..C-1 with C <= {MAX_CLASSES}, found {lo if lo < 0 else hi}; "
+                         "renumber the classes 0..C-1 (e.g. numpy.unique(y, return_inverse=True))")
+    if num_classes > MAX_CLASSES:
+        raise UsageError(f"{name} features declare C={num_classes} classes; at most {MAX_CLASSES} are supported")
+    if hi >= num_classes:
+        raise UsageError(f"{name} labels must be 0..C-1 with C={num_classes} classes, found {hi}")
+
+
+def check_inputs(train: Features, test: Features) -> None:
+    """Reject, with one line (UsageError), what no protocol can evaluate; O(N), reads labels but not features."""
     for name, f in (("train", train), ("test", test)):
         if f.x.ndim != 2:
             raise UsageError(f"{name} features must be a 2-D array (N, D), got shape {tuple(f.x.shape)}")
@@ -127,19 +167,48 @@ def check_features(train: Features, test: Features) -> None:
                              f"({len(f.x)} rows), got shape {tuple(f.y.shape)}")
         if len(f.x) == 0:
             raise UsageError(f"{name} split is empty; it needs at least one sample")
-        if not torch.isfinite(f.x).all():
-            bad = int((~torch.isfinite(f.x)).any(1).sum())
-            raise UsageError(f"{name} features contain NaN or inf in {bad} row(s); fix or drop them")
     if train.x.shape[1] != test.x.shape[1]:
         raise UsageError(f"feature dimensions differ: train has {train.x.shape[1]}, test has {test.x.shape[1]}")
-    classes = int(train.y.max()) + 1
     for name, f in (("train", train), ("test", test)):
-        lo, hi = int(f.y.min()), int(f.y.max())
-        if lo < 0 or hi >= classes:
-            raise UsageError(f"{name} labels must be 0..C-1 with C={classes} classes seen in train, found {lo}..{hi}")
-    missing = sorted(set(range(classes)) - set(train.y.unique().tolist()))
-    if missing:
-        raise UsageError(f"train labels must cover 0..C-1; class(es) {missing[:5]} have no train sample")
+        check_labels(f.y, name, f.num_classes)
+    classes = max(train.num_classes, test.num_classes)
+    if classes > len(train) + len(test):
+        raise UsageError(f"labels must be 0..C-1 with C at most the number of samples: C={classes} for "
+                         f"{len(train) + len(test)} samples; renumber the classes 0..C-1")
+
+
+def check_features(train: Features, test: Features) -> None:
+    """``check_inputs``, and what features from files must also be: finite, test labels among the C classes of
+    train, and every class with a training sample."""
+    check_inputs(train, test)
+    for name, f in (("train", train), ("test", test)):
+        bad = _nonfinite_rows(f.x)
+        if bad:
+            raise UsageError(f"{name} features contain NaN or inf in {bad} row(s); fix or drop them")
+    classes = int(train.y.max()) + 1
+    lo, hi = int(test.y.min()), int(test.y.max())
+    if hi >= classes:
+        raise UsageError(f"test labels must be 0..C-1 with C={classes} classes seen in train, found {lo}..{hi}")
+    missing = np.flatnonzero(np.bincount(train.y.cpu().numpy(), minlength=classes) == 0)
+    if len(missing):
+        raise UsageError(f"train labels must cover 0..C-1; class(es) {missing[:5].tolist()} have no train sample")
+
+
+def _nonfinite_rows(x: torch.Tensor) -> int:
+    """Rows holding NaN or inf, read in blocks of about 16M elements (a mask of all of x could be gigabytes)."""
+    rows = max(1, (1 << 24) // max(1, x.shape[1]))
+    return sum(int((~torch.isfinite(x[i:i + rows])).any(1).sum()) for i in range(0, len(x), rows))
+
+
+def validated(protocol: Callable) -> Callable:
+    """Decorate a protocol to run ``check_inputs`` first: its labels are then safe to count and index by."""
+
+    @functools.wraps(protocol)
+    def wrapper(train: Features, test: Features, **settings):
+        check_inputs(train, test)
+        return protocol(train, test, **settings)
+
+    return wrapper
 
 
 # Below this many elements per operation a CPU op takes well under a millisecond, and waking a second OpenMP

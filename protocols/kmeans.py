@@ -3,7 +3,8 @@
 K = number of classes, features L2-normalised, ``n_init`` restarts of scikit-learn's algorithm
 (protocols/solvers/kmeans.py), the lowest inertia kept. Fit on train, assign test, score test: NMI
 (arithmetic), ARI, and clustering accuracy under the best one-to-one cluster->class map (Hungarian, scipy).
-Mean and std over ``n_seeds`` seeds.
+Mean and std over ``n_seeds`` seeds. With fewer training samples than classes, K is the number of samples.
+Skipped when the restarts would exceed the memory budget (``limits``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-from protocols.base import Features, Metrics, threads_by_size
+from protocols.base import Features, Metrics, threads_by_size, validated
+from protocols.limits import Shape, over_budget, skipped
 from protocols.solvers.kmeans import fit_predict
 
 
@@ -34,10 +36,28 @@ def cluster_accuracy(y_true, y_pred) -> float:
     return float(table[rows, cols].sum() / len(y_true))
 
 
+def limits(shape: Shape, *, n_init: int = 10, n_seeds: int = 3) -> dict[str, str]:
+    """Memory only. Bytes, for R = n_init x n_seeds restarts of K = min(C, N) centres with T = 2 + ln K seeding
+    trials: the features (float32 and normalised copies), the centres and their float64 sums, the seeding candidates, and
+    per point and restart the distances to every centre and candidate, the one-hot assignment and the bounds."""
+    if shape.dim is None:
+        return {"kmeans": ""}
+    n, m, d = shape.n_train, shape.n_test, shape.dim
+    k, r = min(shape.num_classes, n), n_init * n_seeds
+    t = 2 + int(math.log(k))
+    need = 12 * (n + m) * d + r * d * (48 * k + 8 * t) + n * r * (32 * k + 12 * t + 32)
+    formula = f"12(N+M)D + RD(48K+8T) + NR(32K+12T+32) with N={n}, M={m}, D={d}, K={k}, R={r}, T={t}"
+    return {"kmeans": over_budget(need, formula, shape.device)}
+
+
+@validated
 @threads_by_size(lambda train, test: train.x.numel())
 def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | torch.device = "cpu", n_init: int = 10,
              n_seeds: int = 3, max_iter: int = 300, tol: float = 1e-4, normalise: bool = True) -> Metrics:
     """``kmeans``: NMI, ARI and Hungarian accuracy on test (mean, and std over seeds seed..seed+n_seeds-1)."""
+    reason = limits(Shape.of(train, test, device), n_init=n_init, n_seeds=n_seeds)["kmeans"]
+    if reason:
+        return {"kmeans": skipped(reason)}
     num_classes = max(train.num_classes, test.num_classes)
     tx, sx = train.x.float(), test.x.float()
     if normalise:

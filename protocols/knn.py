@@ -9,6 +9,8 @@ chunks sized by memory, not by ``N_test // 100`` as DINO does (which crashes und
 Top-5 ranks classes by their vote; a class with no vote is never "in the top 5" (when k < 5 DINO's
 topk would count arbitrary zero-vote classes, dino issue #89), and ties go to the lower class index
 at every rank, so top-1 equals ``argmax`` and majority vote matches scikit-learn's.
+With k above the training set's size every training sample votes (recorded as ``k_used``). Every entry is
+skipped when the search would exceed the memory budget (``limits``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from protocols.base import Features, Metrics, topk_from_rank, true_class_rank
+from protocols.base import Features, Metrics, topk_from_rank, true_class_rank, validated
+from protocols.limits import Shape, over_budget, skip_all
 
 DEFAULT_K = 20
 DEFAULT_T = 0.07
@@ -42,7 +45,7 @@ def search(train_x: torch.Tensor, test_x: torch.Tensor, k: int, metric: str = "c
         bank = F.normalize(bank, dim=1)
     else:
         bank_sq = bank.pow(2).sum(1)
-    rows = max(1, CHUNK_BYTES.get(device.type, 1 << 28) // (4 * max(1, len(bank))))
+    rows = chunk_rows(len(bank), bank.shape[1], device)
     scores, index = [], []
     for start in range(0, len(test_x), rows):
         q = test_x[start:start + rows].to(device, torch.float32)
@@ -57,6 +60,11 @@ def search(train_x: torch.Tensor, test_x: torch.Tensor, k: int, metric: str = "c
     if not scores:
         return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
     return torch.cat(scores), torch.cat(index)
+
+
+def chunk_rows(n: int, d: int, device: torch.device) -> int:
+    """Test rows per chunk: their similarity block (rows, N) and normalised copy (rows, D) each within CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES.get(device.type, 1 << 28) // (4 * max(1, n, d)))
 
 
 def class_votes(score: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int,
@@ -99,6 +107,27 @@ DEFAULT_VARIANTS = (
 )
 
 
+def _keys(variants, temperatures) -> list[str]:
+    return [result_key(k, t or DEFAULT_T, vote, metric) for metric, vote, ks in variants for k in ks
+            for t in (temperatures if vote == "weighted" else (None,))]
+
+
+def limits(shape: Shape, *, variants=DEFAULT_VARIANTS, temperatures=(DEFAULT_T,)) -> dict[str, str]:
+    """Memory only (any k runs, see ``k_used``). Bytes: the normalised bank, one chunk's similarity block and
+    query copy (twice: block and top-k workspace), the neighbours' scores, indices and labels for every test row
+    (two searches' worth), and the class votes and ranks."""
+    keys = _keys(variants, temperatures)
+    if shape.dim is None:
+        return dict.fromkeys(keys, "")
+    n, m, d, c = shape.n_train, shape.n_test, shape.dim, shape.num_classes
+    k = min(n, max(k for _, _, ks in variants for k in ks))
+    rows = min(m, chunk_rows(n, d, torch.device(shape.device)))
+    need = 4 * n * d + 8 * rows * (n + d) + 64 * m * k + 12 * m * c
+    formula = f"4ND + 8r(N+D) + 64Mk + 12MC with N={n}, M={m}, D={d}, C={c}, k={k}, r={rows} rows per chunk"
+    return dict.fromkeys(keys, over_budget(need, formula, shape.device))
+
+
+@validated
 def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | torch.device = "cpu",
              variants=DEFAULT_VARIANTS, temperatures=(DEFAULT_T,)) -> Metrics:
     """Every (metric, vote, k, T) of ``variants`` x ``temperatures``, each under its own key.
@@ -107,6 +136,9 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | to
     others are named like ``knn_k200``, ``knn_k20_t0.1``, ``knn_majority``, ``knn_euclidean_majority``.
     ``seed`` is recorded only: the protocol is deterministic.
     """
+    reasons = limits(Shape.of(train, test, device), variants=variants, temperatures=temperatures)
+    if any(reasons.values()):
+        return skip_all(reasons)
     num_classes = max(train.num_classes, test.num_classes)
     out: Metrics = {}
     by_metric: dict[str, list[tuple[str, tuple[int, ...]]]] = {}

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.splits import stratified_split
-from protocols.base import Features, Metrics, classification_metrics, threads_by_size
+from protocols.base import Features, Metrics, classification_metrics, threads_by_size, validated
+from protocols.limits import Shape, over_budget, skipped
 from protocols.solvers.lbfgs import fit
 from protocols.solvers.logreg import Problem, predict_logits, rows_with_bias
 from protocols.solvers.products import Products, product_dtype
@@ -25,8 +26,37 @@ from protocols.solvers.products import Products, product_dtype
 GRID = np.logspace(-6, 2, 97)
 COARSE = tuple(range(0, 97, 16))  # CLIP_benchmark's np.logspace(-6, 2, 7) inside the 97-point grid
 SPANS = (8, 4, 2, 1)
+HISTORY = 60  # L-BFGS pairs kept per model (``fit``'s memory)
 
 
+# What the solver allocates for B problems of n rows of d features and C classes, in bytes: the d x d
+# preconditioner (scatter, its eigendecomposition with LAPACK's workspace, the rotation; float64 and float32), x
+# with its bias column (float32, bfloat16 and transposed copies, the centred rows of the scatter), the L-BFGS pairs
+# and iterates of the 7 coarse lambdas solved together, and their logits and residuals. Measured resident peaks
+# are 25-70% of it (tests/test_faults_protocols.py).
+SOLVER_FORMULA = "{B}(48({d}+1)^2 + 12{n}({d}+1) + 3640C({d}+1) + 112C{n})"
+
+
+def solver_bytes(b: int, n: int, d: int, c: int) -> int:
+    lams = len(COARSE)
+    return b * (48 * (d + 1) ** 2 + 12 * n * (d + 1) + 4 * lams * (2 * HISTORY + 10) * (d + 1) * c + 16 * lams * c * n)
+
+
+def limits(shape: Shape, *, val_fraction: float = 0.2) -> dict[str, str]:
+    """``linear`` needs a sample to fit and one to validate on, and its solver's memory (``solver_bytes``)."""
+    n = shape.n_train
+    held = math.ceil(val_fraction * n)
+    if held < 1 or n - held < 1:
+        return {"linear": f"needs at least 2 training samples (one to fit, one to validate the regularisation on); has {n}"}
+    if shape.dim is None:
+        return {"linear": ""}
+    m, d, c = shape.n_test, shape.dim, shape.num_classes
+    need = solver_bytes(1, n, d, c) + 4 * m * (d + c)  # + the test features' normalised copy and their logits
+    formula = f"{SOLVER_FORMULA.format(B='', n='N', d='D')} + 4M(D+C) with N={n}, M={m}, D={d}, C={c}"
+    return {"linear": over_budget(need, formula, shape.device)}
+
+
+@validated
 @threads_by_size(lambda train, test: train.x.numel())
 def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | torch.device = "cpu",
              val_fraction: float = 0.2, normalise: bool = True, max_iter: int = 500, tol: float = 1e-4,
@@ -35,6 +65,9 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | to
 
     ``matmul_dtype``: ``auto`` (bfloat16 products where native and N is large), ``float32`` or ``bfloat16``.
     """
+    reason = limits(Shape.of(train, test, device), val_fraction=val_fraction)["linear"]
+    if reason:
+        return {"linear": skipped(reason)}
     dev = torch.device(device)
     dtype = product_dtype(len(train), dev) if matmul_dtype == "auto" else getattr(torch, matmul_dtype)
     c = max(train.num_classes, test.num_classes)
@@ -53,7 +86,7 @@ def evaluate(train: Features, test: Features, *, seed: int = 0, device: str | to
     # it starts from the sweep's solution, on 25% more data, and the sweep's covariance still preconditions.
     mean = (sweep_problem.mean.double() * n_fit + x[:, n_fit:, :-1].sum(1).double()) / x.shape[1]
     refit = Problem.build(x, y, c, moments=(mean, None), products=products)
-    w, info = fit(refit, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol,
+    w, info = fit(refit, torch.tensor([[lam]]), w_sweep[:, None], max_iter=max_iter, tol=tol, memory=HISTORY,
                   spectrum=sweep_problem.spectrum)
 
     logits = predict_logits(w[0, 0], prepare(test.x, normalise).to(dev))
@@ -86,7 +119,7 @@ def sweep(p: Problem, val_x: torch.Tensor, val_y: torch.Tensor, *, max_iter: int
 
     def run(cands: list[list[int]], starts: torch.Tensor | None = None, lam0: torch.Tensor | None = None) -> None:
         lam = torch.tensor([[GRID[i] for i in row] for row in cands], dtype=torch.float32)
-        w, _ = fit(p, lam, starts, max_iter=max_iter, tol=tol, lam0=lam0)
+        w, _ = fit(p, lam, starts, max_iter=max_iter, tol=tol, lam0=lam0, memory=HISTORY)
         acc = _val_top1(predict_logits(w, val_x[:, None]), val_y).cpu()  # (B, L)
         for i, row in enumerate(cands):
             for j, idx in enumerate(row):

@@ -3,7 +3,9 @@
 Inputs are .npz files holding ``x`` (N, D) real features and ``y`` (N,) integer labels 0..C-1.
 The output holds one flat object per result key (``knn``, ``knn_k200``, ``linear``, ``kmeans``...),
 each with the settings beside the values (fractions 0..1). Every input is checked before anything
-is computed; a bad one is one line on stderr, exit code 2, and no output file.
+is computed; a bad one is one line on stderr, exit code 2, and no output file. So is a protocol that would give
+nothing but skipped entries on these features (too few samples, over the memory budget): all is known up front.
+An entry skipped while others of its protocol run is ``{"skipped": reason}`` in the output and one stderr line.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from pathlib import Path
 from bench.commands.args import int_range
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
+from bench.evaluate import refuse_unproducible, run_protocols
 from bench.features import load_npz
 from bench.store import write_json
 from protocols import PROTOCOLS
 from protocols.base import Features, check_features
+from protocols.limits import Shape
 
 DEFAULT_PROTOCOLS = "knn,linear,kmeans,fewshot"
 
@@ -54,9 +58,8 @@ def run(args) -> int:
         check_features(train, test)
     except UsageError as err:
         raise UsageError(f"{args.train} / {args.test}: {err}") from None
-    metrics: dict = {}
-    for name in names:
-        metrics.update(PROTOCOLS.get(name)(train, test, seed=args.seed, device=args.device))
+    refuse_unproducible(names, Shape.of(train, test, args.device), "leave it out of --protocols")
+    metrics = run_protocols(names, train, test, seed=args.seed, device=args.device)
     if args.out:
         write_json(Path(args.out), metrics)
         print(f"wrote {len(metrics)} result(s) to {args.out}")

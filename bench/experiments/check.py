@@ -23,6 +23,7 @@ from bench.core.errors import UsageError
 from bench.runner import Options, run_many
 from bench.store import REPO_ROOT, jsonable, provenance, read_json
 from methods import METHODS
+from protocols.limits import is_skipped
 
 DEFAULT_BASELINE = REPO_ROOT / "results" / "baselines" / "ci.json"
 BASELINE_FORMAT = 1
@@ -120,6 +121,8 @@ def flat_metrics(record: dict) -> dict[str, Any]:
                      "train.embed_std_ratio": last.get("embed_std_ratio"),
                      "train.effective_rank": last.get("effective_rank")})
     for key, entry in sorted(rec.get("metrics", {}).items()):
+        if is_skipped(entry):  # no number to compare; a value that became a skip shows as one that vanished
+            continue
         if isinstance(entry, dict):
             for field, value in entry.items():
                 flat[f"{key}.{field}"] = value
