@@ -6,14 +6,16 @@ Storage defaults to sqlite:///<out>/optuna.db; open it with ``optuna-dashboard s
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from bench.commands.args import int_range
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.experiments.scales import trainable_methods
-from bench.experiments.search import PRUNERS, SEARCH_SUITES, Budget, run_search
-from bench.experiments.storage import parse_storage
+from bench.experiments.search import SEARCH_SUITES, Budget, run_search
+from bench.experiments.storage import Heartbeat, parse_storage
+from bench.experiments.study import PRUNERS
 from bench.store import ensure_writable_dir
 from methods import METHODS
 
@@ -30,9 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pruner", default="median", choices=list(PRUNERS), help="pruner (default median)")
     p.add_argument("--seeds", type=int_range(0, 100), default=3,
                    help="fresh-seed test re-runs of the best configuration: 0 to skip, else at least 3 (default 3)")
-    p.add_argument("--sampler-seed", type=int_range(0, 2**31 - 1), default=0, help="TPE sampler seed (default 0)")
+    p.add_argument("--sampler-seed", type=int_range(0, 2**31 - 1), default=0,
+                   help="TPE sampler seed of the worker that creates the study; other workers add a fresh random "
+                        "offset, recorded in each trial (default 0)")
     p.add_argument("--worker-trials", type=int_range(1, 100_000), help="this process runs at most this many trials")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--heartbeat", type=int_range(1, 86_400), default=Heartbeat.interval,
+                   help="seconds between a running trial's heartbeats on database storages (default 60)")
+    p.add_argument("--grace-period", type=int_range(1, 864_000),
+                   help="seconds without a heartbeat after which a RUNNING trial is failed and retried by the next "
+                        "worker (default 3 heartbeats)")
     p.add_argument("--data-root", help="folder holding the dataset files")
 
 
@@ -57,7 +66,9 @@ def run(a: argparse.Namespace) -> int:
     names = method_list(a)
     suite = SEARCH_SUITES.get(a.suite)
     out = Path(a.out)
-    spec = parse_storage(a.storage, out)
+    heartbeat = Heartbeat(a.heartbeat, a.grace_period)
+    heartbeat.check()
+    spec = replace(parse_storage(a.storage, out), heartbeat=heartbeat)
     ensure_writable_dir(out)
     budget = Budget(a.trials or suite.trials, a.worker_trials, a.study, a.pruner, a.sampler_seed)
     rows = run_search(names, suite, budget, spec, out, seeds=a.seeds, data_root=a.data_root, device=a.device)

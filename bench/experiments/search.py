@@ -11,8 +11,13 @@
   the method trains on the rest. The test split is dropped from the data the objective sees.
 - A trial whose loss turns NaN/inf (``diverged``), whose embeddings collapse, whose features are not
   finite, or whose training raises, FAILS with the reason in ``trial.user_attrs["fail_reason"]``.
-- Storage: bench/experiments/storage.py. ``--trials N`` is the study's total over every worker
-  (MaxTrialsCallback counting COMPLETE, PRUNED and FAIL); rerunning the same command continues the study.
+- Storage: bench/experiments/storage.py; opening a study: bench/experiments/study.py. ``--trials N`` is the
+  study's total over every worker (COMPLETE, PRUNED and FAIL count, less a stale trial whose retry replaced it);
+  rerunning the same command continues the study.
+- Workers lose and duplicate nothing: the study's creator draws from --sampler-seed, any other worker from a fresh
+  random seed (logged, and in each trial's ``user_attrs["sampler_seed"]``); on database storages a killed worker's
+  trial misses its heartbeats and the next worker fails it and retries its parameters; a reused study is checked
+  (direction, method, scale) before anything is written; one enqueued trial is never run twice.
 - After the search, the best configuration is re-run with fresh seeds on the full training subset and
   scored on the test split (recipe name ``tuned``); ``repbench ablate --grid recipe --tuned <out>/runs``
   puts these beside the paper and unified recipes. Reports: bench/experiments/search_report.py.
@@ -23,7 +28,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,10 +35,11 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
+from optuna.storages.journal import JournalStorage
 from optuna.trial import TrialState
 
 from bench.config import RunConfig
+from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.core.registry import Registry
 from bench.core.splits import stratified_split
@@ -44,6 +49,9 @@ from bench.experiments.scales import METRIC, SCALES, Scale, metric_of, scaled_co
 from bench.experiments.search_report import FRESH_SEED_BASE, best_trial, short, study_report, write_summary
 from bench.experiments.search_space import paper_defaults, suggest, to_config
 from bench.experiments.storage import StorageSpec, parse_storage
+from bench.experiments.study import FINISHED as FINISHED  # re-exported: callers count trials with it
+from bench.experiments.study import BudgetCallback, check_reuse, counted, make_pruner, open_study, study_attrs
+from bench.experiments.study import make_sampler as make_sampler
 from bench.features import extract
 from bench.runner import Options, build_method, run_many, validate
 from bench.store import jsonable
@@ -51,8 +59,6 @@ from bench.train import Trainer
 from methods import METHODS
 from protocols import PROTOCOLS
 from protocols.base import Features
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,13 @@ def validation_knn(method, split: Dataset, cfg: RunConfig) -> float:
 class Objective:
     """Train one configuration epoch by epoch, reporting validation kNN after each to the pruner."""
 
-    def __init__(self, method: str, base: RunConfig, split: Dataset, run_dir: Path) -> None:
+    def __init__(self, method: str, base: RunConfig, split: Dataset, run_dir: Path, sampler_seed: int = 0) -> None:
         self.name, self.base, self.split, self.run_dir = method, base, split, run_dir
-        self.cls = METHODS.get(method)
+        self.cls, self.sampler_seed = METHODS.get(method), sampler_seed
 
     def __call__(self, trial) -> float:
+        if "sampler_seed" not in trial.user_attrs:  # a retried trial keeps the seed that drew its parameters
+            trial.set_user_attr("sampler_seed", self.sampler_seed)
         cfg = to_config(self.base, suggest(trial, self.cls, self.base, len(self.split.train_y)))
         trial.set_user_attr("config", jsonable(cfg.to_dict()))
         validate(cfg)
@@ -163,39 +171,6 @@ class Objective:
         raise TrialFailed(f"{reason} {detail}")
 
 
-def make_sampler(seed: int):
-    # Optuna 5 changed the defaults of both flags; set them so a version bump cannot change the search.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
-
-
-PRUNERS = {
-    # Epoch 1 is too noisy to stop on: prune from epoch 2, against at least two earlier trials.
-    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
-    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs),
-                                                               reduction_factor=3),
-    "none": lambda epochs: optuna.pruners.NopPruner(),
-}
-
-
-def make_pruner(name: str, epochs: int):
-    if name not in PRUNERS:
-        raise UsageError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
-    return PRUNERS[name](epochs)
-
-
-def open_study(storage, name: str, sampler_seed: int, pruner: str, epochs: int):
-    try:
-        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
-    except KeyError:
-        existing = 0
-    # A resumed study gets a sampler seed of its own, so its random start-up points are new ones.
-    study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(sampler_seed + existing),
-                                pruner=make_pruner(pruner, epochs), direction="maximize", load_if_exists=True)
-    return study, existing
-
-
 @dataclass(frozen=True)
 class Budget:
     """How one method's study is run: its total trials, this worker's share, and the study's name and settings."""
@@ -207,35 +182,36 @@ class Budget:
     sampler_seed: int = 0
 
 
-def search_method(method: str, suite: SearchSuite, budget: Budget, storage, out: Path, ds: Dataset,
+def check_trainable(method: str) -> None:
+    if METHODS.get(method).trained_by != "sgd":
+        raise UsageError(f"method {method!r} has no training hyperparameters to search; pick a trainable method")
+
+
+def search_method(method: str, suite: SearchSuite, budget: Budget, storage, out: Path, split: Dataset,
                   device: str = "cpu", log: Callable[[str], None] = print):
     """Run this worker's share of the study's trials; returns the study (possibly already complete)."""
-    cls = METHODS.get(method)
-    if cls.trained_by != "sgd":
-        raise UsageError(f"method {method!r} has no training hyperparameters to search; pick a trainable method")
+    check_trainable(method)
     base = suite.base(method, device)
-    split = carve_validation(ds, suite.val_fraction, suite.seed)
-    name = budget.study_name or f"{method}-{suite.name}-n{budget.trials}"
-    study, existing = open_study(storage, name, budget.sampler_seed, budget.pruner, base.epochs)
-    s = suite.scale
-    attrs = {"method": method, "suite": suite.name, "dataset": s.dataset, "per_class": s.per_class, "epochs": s.epochs,
-             "backbone": s.backbone, "val_fraction": suite.val_fraction, "n_fit": len(split.train_y),
-             "n_val": len(split.test_y), "chance": 1 / split.num_classes}
-    for k, v in attrs.items():
-        if k in study.user_attrs and study.user_attrs[k] != v:
-            raise UsageError(f"study {name!r} was made with {k}={study.user_attrs[k]!r}, not {v!r}; "
-                             "pick another --study name or storage")
-        study.set_user_attr(k, v)
-    if existing == 0:
-        study.enqueue_trial(paper_defaults(cls, base, len(split.train_y)), user_attrs={"paper_defaults": True},
-                            skip_if_exists=True)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    name = study_name(budget, method, suite)
+    opened = open_study(storage, name, study_attrs(method, suite, split), budget.sampler_seed,
+                        make_pruner(budget.pruner, base.epochs))
+    study = opened.study
+    if opened.created:  # only the creator, so two workers starting together cannot both enqueue it
+        study.enqueue_trial(paper_defaults(METHODS.get(method), base, len(split.train_y)),
+                            user_attrs={"paper_defaults": True}, skip_if_exists=True)
+    done = len(counted(study))
     todo = max(0, budget.trials - done)
     if budget.worker_trials is not None:
         todo = min(todo, budget.worker_trials)
-    log(f"[{method}] study {name}: {done}/{budget.trials} trials finished, this worker runs up to {todo}")
+    log(f"[{method}] study {name}: {done}/{budget.trials} trials finished, this worker (sampler seed {opened.seed}) "
+        f"runs up to {todo}")
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if running and isinstance(storage, JournalStorage):
+        log(f"[{method}] {running} trial(s) RUNNING: other workers', or killed ones' (journal storage has no "
+            "heartbeat to tell them apart in Optuna 5.0.0; they are not counted)")
     if todo:
-        optimize(study, Objective(method, base, split, Path(out) / "trials" / name), todo, budget.trials, method, log)
+        objective = Objective(method, base, split, Path(out) / "trials" / name, opened.seed)
+        optimize(study, objective, todo, budget.trials, method, log)
     return study
 
 
@@ -251,7 +227,7 @@ def optimize(study, objective: Objective, todo: int, trials: int, method: str, l
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `report`, once
     try:
         study.optimize(objective, n_trials=todo, catch=(TrialFailed,), gc_after_trial=True,
-                       callbacks=[MaxTrialsCallback(trials, states=FINISHED), report])
+                       callbacks=[BudgetCallback(trials), report])
     finally:
         optuna.logging.set_verbosity(level)
 
@@ -264,21 +240,45 @@ def final_configs(study, suite: SearchSuite, seeds: int, device: str = "cpu") ->
     return [replace(base, seed=FRESH_SEED_BASE + i) for i in range(seeds)]
 
 
+def study_name(budget: Budget, method: str, suite: SearchSuite) -> str:
+    return budget.study_name or f"{method}-{suite.name}-n{budget.trials}"
+
+
+def open_storage(method_names: list[str], suite: SearchSuite, budget: Budget, spec: StorageSpec, out: Path,
+                 data_root: str | None, device: str) -> tuple[Any, Dataset, dict[str, Budget]]:
+    """Check everything that can be checked, then open the storage: (storage, validation split, budget per method).
+
+    Nothing is written before the device, the methods and every study to reuse are known to be right, so a
+    mismatch on the last method leaves the first method's study untouched too.
+    """
+    resolve_device(device)  # an unavailable device would otherwise fail inside the objective, a trial spent
+    spec.heartbeat.check()
+    for m in method_names:
+        check_trainable(m)
+    s = suite.scale
+    split = carve_validation(load_dataset(s.dataset, data_root, s.per_class, s.test_per_class), suite.val_fraction,
+                             suite.seed)
+    if spec.kind == "rdb" and spec.target == parse_storage(None, out).target:
+        Path(out).mkdir(parents=True, exist_ok=True)  # the default database lives in <out>
+    storage = spec.open()
+    prefix = budget.study_name
+    budgets = {m: replace(budget, study_name=prefix and (f"{prefix}-{m}" if len(method_names) > 1 else prefix))
+               for m in method_names}
+    for m, b in budgets.items():
+        check_reuse(storage, study_name(b, m, suite), study_attrs(m, suite, split))
+    return storage, split, budgets
+
+
 def run_search(method_names: list[str], suite: SearchSuite, budget: Budget, spec: StorageSpec, out: Path, *,
                seeds: int = 3, data_root: str | None = None, device: str = "cpu",
                log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Search each method with the same budget, re-run each best configuration, write the reports."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    if spec.kind == "rdb" and spec.target == parse_storage(None, out).target:
-        Path(out).mkdir(parents=True, exist_ok=True)  # the default database lives in <out>
-    storage = spec.open()
-    s = suite.scale
-    ds = load_dataset(s.dataset, data_root, s.per_class, s.test_per_class)
+    storage, split, budgets = open_storage(method_names, suite, budget, spec, out, data_root, device)
     rows = []
     t0 = time.perf_counter()
     for m in method_names:
-        name = budget.study_name and (f"{budget.study_name}-{m}" if len(method_names) > 1 else budget.study_name)
-        study = search_method(m, suite, replace(budget, study_name=name), storage, out, ds, device, log)
+        study = search_method(m, suite, budgets[m], storage, out, split, device, log)
         finals = final_configs(study, suite, seeds, device)
         records = run_many(finals, out, Options(data_root=data_root, reuse=True, keep_going=True), log=log)
         rows.append(study_report(study, suite, out, [metric_of(r) for r in records.values()]))
