@@ -176,15 +176,24 @@ def _launch(out: Path, resume: bool) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.fixture(scope="module")
+def run_seconds(tmp_path_factory) -> float:
+    """How long the uninterrupted command takes here and now (start-up included): kills are drawn within it."""
+    t0 = time.monotonic()
+    proc = _launch(tmp_path_factory.mktemp("whole"), resume=False)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    return time.monotonic() - t0
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_a_random_moment_then_resume_finishes_clean(tmp_path, seed):
+def test_sigkill_at_a_random_moment_then_resume_finishes_clean(tmp_path, run_seconds, seed):
     """Two kills at seeded random moments (start-up, training, checkpoint writes, evaluation, the record write),
     then --resume runs to the end: exit 0, a strict-JSON record, a loadable checkpoint, no temp file left."""
     rng = random.Random(seed)
     out, interrupted = tmp_path / "out", []
     for _ in range(2):
         proc = _launch(out, resume=True)
-        time.sleep(rng.uniform(1.0, 9.0))
+        time.sleep(rng.uniform(0.3, 0.97) * run_seconds)
         interrupted.append(proc.poll() is None)
         proc.kill()
         proc.wait()

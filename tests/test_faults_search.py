@@ -30,8 +30,9 @@ import torch
 from optuna.storages._rdb.models import TrialModel
 
 from bench.cli import main
+from bench.core.device import resolve_device
 from bench.core.errors import UsageError
-from bench.experiments import search
+from bench.experiments import search, search_report
 from bench.experiments.storage import parse_storage
 from bench.train import Trainer
 
@@ -444,3 +445,26 @@ def test_two_workers_started_together_draw_different_parameters(tmp_path):
         assert any(f"sampler seed {s}" in e for e in errs), errs
     drawn = [json.dumps(p, sort_keys=True) for p in params]
     assert len(set(drawn)) == 4, (drawn, errs)
+
+
+def test_a_retried_trial_counts_once_in_the_report(tmp_path):
+    """A killed worker's paper-defaults trial (FAIL) and its retry (COMPLETE): the report scores the retry once."""
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    study.set_user_attr("chance", 0.1)
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    stale = optuna.create_trial(state=optuna.trial.TrialState.FAIL, params={"lr": 0.1}, distributions=dist,
+                                user_attrs={"paper_defaults": True})
+    study.add_trial(stale)
+    retry = optuna.create_trial(value=0.7, params={"lr": 0.1}, distributions=dist, user_attrs={"paper_defaults": True},
+                                system_attrs={"failed_trial": 0, "retry_history": [0]})
+    study.add_trial(retry)
+    assert search_report.paper_trial_value(study) == 0.7
+    assert search_report.budget_values(study) == [0.7]
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cuda:7"])
+def test_a_gpu_index_beyond_the_visible_ones_is_one_line(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match=r"1 CUDA GPU\(s\) are visible \(cuda:0 to cuda:0\)"):
+        resolve_device(device)

@@ -17,6 +17,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise UsageError(f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; use cpu or cuda")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {device!r} was asked for but {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of those")
     return dev
 
 

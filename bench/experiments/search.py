@@ -59,6 +59,7 @@ from bench.train import Trainer
 from methods import METHODS
 from protocols import PROTOCOLS
 from protocols.base import Features
+from protocols.limits import is_skipped
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ def validation_knn(method, split: Dataset, cfg: RunConfig) -> float:
     res = PROTOCOLS.get("knn")(Features(f_fit, split.train_y, split.num_classes, "train"),
                                Features(f_val, split.test_y, split.num_classes, "validation"),
                                seed=cfg.seed, device=cfg.device, variants=(("cosine", "weighted", (20,)),))
+    if is_skipped(res[METRIC]):  # the validation split cannot hold the search's kNN (e.g. over the memory budget)
+        raise TrialFailed(f"validation kNN skipped: {res[METRIC]['skipped']}")
     return float(res[METRIC]["top1"])
 
 

@@ -14,6 +14,7 @@ from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvalu
 from optuna.trial import TrialState
 
 from bench.experiments.search_space import method_knobs
+from bench.experiments.study import counted
 from bench.stats import budget_curve, interval, pct, plot_budget_curves, summarise
 from bench.store import atomic_write_bytes
 from methods import METHODS
@@ -33,7 +34,7 @@ def budget_values(study) -> list[float]:
     """
     chance = study.user_attrs.get("chance", math.nan)
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+    for t in counted(study):  # a killed worker's trial that was retried counts once, as its retry
         if t.state == TrialState.COMPLETE:
             out.append(t.value)
         elif t.state == TrialState.PRUNED and t.intermediate_values:
@@ -75,7 +76,7 @@ def _importance_text(imp: dict[str, float] | str, top: int | None = None) -> str
 
 
 def paper_trial_value(study) -> float:
-    for t in study.get_trials(deepcopy=False):
+    for t in counted(study):  # a retry of the paper's point carries its user attrs
         if t.user_attrs.get("paper_defaults"):
             return t.value if t.value is not None else math.nan
     return math.nan
