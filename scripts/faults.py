@@ -24,14 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(tree: Path, files: list[str], junit: Path) -> subprocess.CompletedProcess:
     # PYTHONPATH comes before the editable install's path entry, so the tree's own code is imported.
-    cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q", f"--junitxml={junit}"]
+    cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q", "--continue-on-collection-errors",
+           f"--junitxml={junit}"]
     return subprocess.run(cmd, cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
 
 
 def collected(files: list[str]) -> Counter:
+    """Cases per file as collected here ("path: N" lines: pyproject's -q plus this -q)."""
     out = subprocess.run([sys.executable, "-m", "pytest", *files, "--collect-only", "-q", "-p", "no:cacheprovider"],
                          cwd=ROOT, capture_output=True, text=True).stdout
-    return Counter(line.split("::")[0] for line in out.splitlines() if "::" in line)
+    pairs = (line.rsplit(": ", 1) for line in out.splitlines() if line.startswith("tests/") and ": " in line)
+    return Counter({path: int(n) for path, n in pairs})
 
 
 def tally(junit: Path) -> tuple[Counter, Counter]:
