@@ -12,6 +12,7 @@ import os
 import pickle
 import platform
 import re
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,6 +25,8 @@ import torchvision
 from bench.core.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# This machine's name as a file-name part: temp files name their writer's host, since a pid means nothing elsewhere.
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -36,8 +39,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The writer's pid in the name tells a temp file a kill left behind from one still being written.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        # The writer's host and pid in the name tell a temp file a kill left behind from one still being written.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{HOST}.{os.getpid()}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are for others to read too
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,17 +59,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete the temp files of atomic writes in ``folder`` whose writer is gone (a kill between write and rename);
-    they are never read, only space. A live writer's file stays. Returns what was removed."""
+    they are never read, only space. A live writer's file stays, and so does another host's. Returns what was removed."""
     removed = []
     for tmp in Path(folder).glob(".*.tmp"):
-        pid = tmp.name.removesuffix(".tmp").split(".")[-2]
-        if not (pid.isdigit() and _alive(int(pid))):
+        *_, host, pid, _ = tmp.name.removesuffix(".tmp").split(".")
+        if not pid.isdigit() or host == HOST and not pid_alive(int(pid)):  # no pid: a name from before pids
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (signal 0 checks without sending; a reused pid keeps a file, never loses one)."""
     try:
         os.kill(pid, 0)

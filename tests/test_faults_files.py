@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.store import CHECKPOINT_FORMAT, REPO_ROOT, load_checkpoint, save_checkpoint, write_json
+from bench.store import CHECKPOINT_FORMAT, HOST, REPO_ROOT, load_checkpoint, save_checkpoint, write_json
 from bench.train import CHECKPOINT
 
 TINY = ["--dataset", "digits", "--per-class", "10", "--test-per-class", "5", "--epochs", "1", "--batch-size", "50",
@@ -213,7 +213,7 @@ def test_a_rerun_without_resume_removes_a_dead_writers_record_temp(tmp_path, cli
     out = tmp_path / "out"
     assert cli(*RUN, "--out", out)[0] == 0
     run_dir = next(out.glob("runs/adhoc/*"))
-    stale = run_dir / f".record.json.{dead}.abc123.tmp"
+    stale = run_dir / f".record.json.{HOST}.{dead}.abc123.tmp"
     stale.write_text("{")
     assert cli(*RUN, "--out", out)[0] == 0
     assert not stale.exists()

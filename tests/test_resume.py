@@ -21,7 +21,7 @@ import methods
 from bench.config import RunConfig
 from bench.data import load_dataset
 from bench.runner import context
-from bench.store import REPO_ROOT, load_checkpoint
+from bench.store import HOST, REPO_ROOT, load_checkpoint
 from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods.base import make_config
 
@@ -165,10 +165,11 @@ def test_resume_removes_temp_files_of_interrupted_saves(tmp_path, restore_determ
     t.save()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)  # a pid whose process has exited
-    stale = [tmp_path / f".{CHECKPOINT}.{dead}.k1ll3d.tmp", tmp_path / f".record.json.{dead}.x.tmp",
+    stale = [tmp_path / f".{CHECKPOINT}.{HOST}.{dead}.k1ll3d.tmp", tmp_path / f".record.json.{HOST}.{dead}.x.tmp",
              tmp_path / ".record.json.nopid.tmp"]
-    live = tmp_path / f".record.json.{os.getpid()}.x.tmp"  # a writer that is still running keeps its file
-    for p in (*stale, live):
+    live = tmp_path / f".record.json.{HOST}.{os.getpid()}.x.tmp"  # a writer that is still running keeps its file
+    elsewhere = tmp_path / f".record.json.other-host.{dead}.x.tmp"  # a pid of another machine says nothing here
+    for p in (*stale, live, elsewhere):
         p.write_bytes(b"half a file")
     assert _trainer("simclr", tmp_path, 0).restore()
-    assert not any(p.exists() for p in stale) and live.exists()
+    assert not any(p.exists() for p in stale) and live.exists() and elsewhere.exists()

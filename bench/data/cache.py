@@ -24,14 +24,13 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.core.errors import UsageError
+from bench.store import HOST, pid_alive
 
-HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 TEMP_RE = re.compile(r"\.(?P<key>[0-9a-f]{12})\.(?P<pid>\d+)\.(?P<host>[A-Za-z0-9-]+)\.(?:tmp|old)")
 
 
@@ -83,21 +82,11 @@ def writable_cache(*parts: str) -> Path:
                      "set REPBENCH_CACHE to a folder you can write")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale(parent: Path) -> None:
     """Remove temp folders under ``parent`` whose writer, a process of this host, is gone."""
     for entry in parent.iterdir():
         m = TEMP_RE.fullmatch(entry.name)
-        if m and m["host"] == HOST and not _alive(int(m["pid"])):
+        if m and m["host"] == HOST and not pid_alive(int(m["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
 
 
