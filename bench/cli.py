@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "(bench/experiments/tolerances.toml); exit 1: one 'REGRESSION' line per metric that moved; --update "
               "rewrites the baseline on purpose."),
     "data": ("bench.commands.data", "fetch datasets (Debian package or torchvision download)", ""),
+    "eval": ("bench.commands.eval", "evaluate released weights (torchvision, MoCo, MoCo v3, DINO, MAE, CLIP formats) with "
+             "the protocols on frozen features", ""),
     "eval-features": ("bench.commands.eval_features", "evaluate features from .npz files (x (N, D), y (N,)) with "
                       "the k-NN, linear, K-Means and few-shot protocols", ""),
     "list": ("bench.commands.list", "list registered methods, protocols, datasets, backbones or suites", ""),

@@ -88,13 +88,18 @@ def refuse_unproducible(names: Iterable[str], shape: Shape, fix: str) -> None:
 
 
 def check_before_training(cfg: RunConfig, ds: Dataset) -> None:
-    """Before anything is trained or written: the labels are usable, and no protocol named in --protocols would
-    give only skipped entries on this data's sample counts (the feature dimension is not known yet)."""
+    """Before anything is trained or written: see ``check_data``."""
+    check_data(ds, cfg.protocols, cfg.device)
+
+
+def check_data(ds: Dataset, protocols: Sequence[str] | None, device: str) -> None:
+    """Before features exist: the labels are usable, and no protocol named in ``protocols`` (None: every one, each
+    giving what it can) would give only skipped entries on this data's sample counts."""
     check_labels(ds.train_y, "train", ds.num_classes)
     check_labels(ds.test_y, "test", ds.num_classes)
-    if cfg.protocols:  # None: every registered protocol, each giving what it can
-        shape = Shape(np.bincount(ds.train_y.cpu().numpy(), minlength=ds.num_classes), len(ds.test_y), None, cfg.device)
-        refuse_unproducible(cfg.protocols, shape, "leave it out of --protocols or use more images per class")
+    if protocols:
+        shape = Shape(np.bincount(ds.train_y.cpu().numpy(), minlength=ds.num_classes), len(ds.test_y), None, device)
+        refuse_unproducible(protocols, shape, "leave it out of --protocols or use more images per class")
 
 
 @torch.no_grad()

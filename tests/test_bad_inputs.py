@@ -258,6 +258,12 @@ def _(d, ctx):
     return ["check", "--update", "--baseline", d / "ci.json", "--out", "/proc/repbench-check"]
 
 
+# --------------------------------------------------------------------------- eval (more in test_released_checkpoints.py)
+
+simple("eval-missing-checkpoint", ["eval", "--checkpoint", "no-such.pth", "--format", "dino", "--dataset", "digits"],
+       "no such file")
+
+
 # --------------------------------------------------------------------------- eval-features
 
 

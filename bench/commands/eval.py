@@ -1,0 +1,45 @@
+"""`repbench eval`: released weights in their official format, scored with the protocols on frozen features.
+
+The record is a run's (config, metrics, provenance) with the checkpoint's sha256 in place of training; it is
+written once, at the end, to <out>/eval/<dataset>/<format>-<backbone>-<sha256[:12]>/record.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.commands.args import int_range
+from bench.commands.eval_features import DEFAULT_PROTOCOLS, parse_protocols
+from bench.released import ARCHS, FORMATS
+from bench.released.run import EvalRequest, evaluate_checkpoint, record_path
+from bench.store import ensure_writable_dir, write_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the released weights (.pth / .pth.tar)")
+    p.add_argument("--format", required=True, choices=[*FORMATS, "auto"],
+                   help="the release's layout; auto reads it from the file's keys")
+    p.add_argument("--dataset", required=True, help="dataset name (see 'repbench list datasets')")
+    p.add_argument("--backbone", choices=list(ARCHS), help="architecture (default: read from the weights' shapes)")
+    p.add_argument("--protocols", default=DEFAULT_PROTOCOLS, metavar="LIST",
+                   help=f"comma-separated protocol names (default {DEFAULT_PROTOCOLS})")
+    p.add_argument("--image-size", type=int_range(8, 1024), default=224,
+                   help="images are resized to this before the network (default 224, the releases' training size)")
+    p.add_argument("--per-class", type=int_range(1), help="use this many training images per class")
+    p.add_argument("--test-per-class", type=int_range(1), help="use this many test images per class")
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed of the protocols' random choices")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--out", default="results", help="results directory (default results/)")
+
+
+def run(args) -> int:
+    ensure_writable_dir(Path(args.out))
+    req = EvalRequest(Path(args.checkpoint), args.format, args.dataset, args.backbone, tuple(parse_protocols(args.protocols)),
+                      args.image_size, args.data_root, args.device, args.per_class, args.test_per_class, args.seed)
+    record = evaluate_checkpoint(req)
+    path = record_path(Path(args.out), record)
+    write_json(path, record)
+    print(f"wrote {path}")
+    return 0
