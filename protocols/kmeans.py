@@ -45,8 +45,10 @@ def limits(shape: Shape, *, n_init: int = 10, n_seeds: int = 3) -> dict[str, str
     n, m, d = shape.n_train, shape.n_test, shape.dim
     k, r = min(shape.num_classes, n), n_init * n_seeds
     t = 2 + int(math.log(k))
-    need = 12 * (n + m) * d + r * d * (48 * k + 8 * t) + n * r * (32 * k + 12 * t + 32)
-    formula = f"12(N+M)D + RD(48K+8T) + NR(32K+12T+32) with N={n}, M={m}, D={d}, K={k}, R={r}, T={t}"
+    # x 5/4: the allocator's and the solver's small temporaries, which the terms leave out; measured peaks on a
+    # 1500 x 256 problem reached 1.02 of the terms alone (tests/test_faults_protocols.py).
+    need = 5 * (12 * (n + m) * d + r * d * (48 * k + 8 * t) + n * r * (32 * k + 12 * t + 32)) // 4
+    formula = f"5/4 x (12(N+M)D + RD(48K+8T) + NR(32K+12T+32)) with N={n}, M={m}, D={d}, K={k}, R={r}, T={t}"
     return {"kmeans": over_budget(need, formula, shape.device)}
 
 
