@@ -26,7 +26,7 @@ from torch.fx.experimental.optimization import fuse
 from bench.augment import Normalise
 from bench.core.errors import UsageError
 from bench.store import atomic_write_bytes
-from protocols.base import MAX_CLASSES
+from protocols.base import check_label_range
 
 LAYERS = ("backbone", "head")
 CACHE_FORMAT = 1  # bump when what is stored changes, so old cache files are never misread
@@ -172,16 +172,8 @@ def load_npz(path: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise UsageError(f"--{which} {path}: x must be 2-D (N, D), got shape {x.shape}")
     if y.ndim != 1:
         raise UsageError(f"--{which} {path}: labels y must be 1-D (N,), got shape {y.shape}")
-    _check_label_range(y, f"--{which} {path}")
+    if len(y):  # min and max in the file's own dtype: a uint64 label would wrap negative as int64
+        check_label_range(int(y.min()), int(y.max()), f"--{which} {path}: labels y")
     return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
 
-
-def _check_label_range(y: np.ndarray, where: str) -> None:
-    """Labels in [0, MAX_CLASSES), read in the file's own dtype (a uint64 label would wrap negative as int64)."""
-    if not len(y):
-        return
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= MAX_CLASSES:
-        raise UsageError(f"{where}: labels y must be integers 0..C-1 with C <= {MAX_CLASSES}, found {lo if lo < 0 else hi}; "
-                         "renumber the classes 0..C-1 (e.g. numpy.unique(y, return_inverse=True))")

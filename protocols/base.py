@@ -148,13 +148,18 @@ def check_labels(y: torch.Tensor, name: str, num_classes: int) -> None:
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise UsageError(f"{name} labels must be integers 0..C-1, got dtype {str(y.dtype).removeprefix('torch.')}")
     lo, hi = (int(y.min()), int(y.max())) if len(y) else (0, -1)
-    if lo < 0 or hi >= MAX_CLASSES:
-        raise UsageError(f"{name} labels must be integers 0..C-1 with C <= {MAX_CLASSES}, found {lo if lo < 0 else hi}; "
-                         "renumber the classes 0..C-1 (e.g. numpy.unique(y, return_inverse=True))")
+    check_label_range(lo, hi, f"{name} labels")
     if num_classes > MAX_CLASSES:
         raise UsageError(f"{name} features declare C={num_classes} classes; at most {MAX_CLASSES} are supported")
     if hi >= num_classes:
         raise UsageError(f"{name} labels must be 0..C-1 with C={num_classes} classes, found {hi}")
+
+
+def check_label_range(lo: int, hi: int, where: str) -> None:
+    """The smallest and largest label against [0, MAX_CLASSES)."""
+    if lo < 0 or hi >= MAX_CLASSES:
+        raise UsageError(f"{where} must be integers 0..C-1 with C <= {MAX_CLASSES}, found {lo if lo < 0 else hi}; "
+                         "renumber the classes 0..C-1 (e.g. numpy.unique(y, return_inverse=True))")
 
 
 def check_inputs(train: Features, test: Features) -> None:
