@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bench import presets
 from bench.core.registry import Registry
 from bench.data import DATASETS
 from bench.experiments import SUITES
@@ -16,10 +17,11 @@ REGISTRIES: dict[str, Registry] = {"methods": METHODS, "protocols": PROTOCOLS, "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=list(REGISTRIES))
+    p.add_argument("kind", choices=[*REGISTRIES, "presets"])
 
 
 def run(a: argparse.Namespace) -> int:
-    for name in REGISTRIES[a.kind].names():
+    # Presets are data files, not registered code.
+    for name in presets.names() if a.kind == "presets" else REGISTRIES[a.kind].names():
         print(name)
     return 0

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import reprlib
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.commands import preset_flags
 from bench.commands.args import float_range, int_range
+from bench.commands.values import parse_pairs
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.experiments import SUITES
@@ -48,34 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from each run's last checkpoint")
     p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms; same record twice on CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    preset_flags.add_arguments(p)
 
 
 def parse_method_args(pairs: list[str] | None) -> dict:
-    """KEY=VALUE pairs, each VALUE read as JSON (numbers, lists, true/false/null) or else kept as text."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--method-arg {pair!r} is not KEY=VALUE (e.g. --method-arg temperature=0.2)")
-        try:
-            out[key] = _json_value(pair, value)
-        except json.JSONDecodeError:  # not JSON: text, which the option's own check accepts or refuses
-            out[key] = value
-        except ValueError:  # an integer past int()'s 4300 digits
-            raise UsageError(f"--method-arg {reprlib.repr(pair)}: a number of {len(value)} digits is too long") from None
-    return out
-
-
-def _json_value(pair: str, text: str):
-    """``text`` as JSON, refusing the NaN, Infinity, -Infinity (and 1e999 = inf) that Python's json reads but
-    strict JSON, and so record.json, cannot hold."""
-    def refuse(_: str):
-        raise UsageError(f"--method-arg {reprlib.repr(pair)}: not a finite number; give a finite value")
-
-    def number(t: str) -> float:
-        return float(t) if math.isfinite(float(t)) else refuse(t)
-
-    return json.loads(text, parse_constant=refuse, parse_float=number)
+    return parse_pairs(pairs, "--method-arg")
 
 
 def single_config(a: argparse.Namespace) -> RunConfig:
@@ -101,8 +77,14 @@ def suite_configs(a: argparse.Namespace) -> list[RunConfig]:
     return [replace(c, device=a.device, deterministic=a.deterministic or c.deterministic) for c in SUITES.get(a.suite)()]
 
 
+def given_configs(a: argparse.Namespace) -> list[RunConfig]:
+    if preset_flags.wanted(a):
+        return [preset_flags.preset_config(a)]
+    return suite_configs(a) if a.suite else [single_config(a)]
+
+
 def run(a: argparse.Namespace) -> int:
-    configs = suite_configs(a) if a.suite else [single_config(a)]
+    configs = given_configs(a)
     if a.protocols is not None:  # "" means no protocol (train only)
         configs = [replace(c, protocols=tuple(p.strip() for p in a.protocols.split(",") if p.strip())) for c in configs]
     for c in configs:

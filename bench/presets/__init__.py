@@ -1,0 +1,94 @@
+"""Published configurations as TOML data files (one per setting, shipped with the package).
+
+A file writes out every field a run needs -- method, data, backbone, budget, the whole recipe, every method
+option -- and the number it was published with, so a reproduction differs from its source only where a
+file's notes say so. ``--config FILE`` reads a user's file of the same form.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig
+from bench.core.errors import UsageError
+from methods.spec import Recipe
+
+PRESET_DIR = Path(__file__).parent
+TABLES = ("recipe", "method_args", "backbone_args")
+TOP_KEYS = ("method", "dataset", "backbone", "epochs", "batch_size", "protocols", *TABLES, "published")
+PUBLISHED_KEYS = ("metric", "value", "source")
+PUBLISHED_OPTIONAL = ("notes", "published_lr")
+RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
+# TOML has no null: a recipe field whose default is None (no schedule of it) may be left out.
+RECIPE_REQUIRED = tuple(f.name for f in fields(Recipe) if f.default is not None)
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def path_of(name: str) -> Path:
+    if name not in names():
+        raise UsageError(f"unknown preset {name!r}; see 'repbench list presets'")
+    return PRESET_DIR / f"{name}.toml"
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The checked contents of a preset file: one line naming the file and the key when a key is unknown or missing."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as err:
+        raise UsageError(f"cannot read config file {path}: {err.strerror}; give a readable TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid TOML ({err}); see bench/presets/*.toml for the form") from None
+    check_keys(data, str(path))
+    return data
+
+
+def check_keys(data: dict[str, Any], where: str) -> None:
+    _keys(data, where, "", TOP_KEYS, TOP_KEYS)
+    for table in (*TABLES, "published"):
+        if not isinstance(data[table], dict):
+            raise UsageError(f"{where}: {table} should be a table ([{table}]); see bench/presets/*.toml")
+    _keys(data["recipe"], where, "recipe.", RECIPE_REQUIRED, RECIPE_KEYS)
+    _keys(data["published"], where, "published.", PUBLISHED_KEYS, PUBLISHED_KEYS + PUBLISHED_OPTIONAL)
+
+
+def _keys(table: dict[str, Any], where: str, prefix: str, required: tuple[str, ...], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise UsageError(f"{where}: unknown key {prefix}{unknown[0]}; known keys: {', '.join(known)}")
+    missing = [k for k in required if k not in table]
+    if missing:
+        raise UsageError(f"{where}: missing key {prefix}{missing[0]}; a preset writes out every field it needs")
+
+
+def override(data: dict[str, Any], pairs: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with dotted ``KEY=VALUE`` overrides (``epochs``, ``recipe.lr``, ``method_args.temperature``)."""
+    out = copy.deepcopy(data)
+    for key, value in pairs.items():
+        head, _, leaf = key.partition(".")
+        if not leaf and head in TOP_KEYS and head not in (*TABLES, "published"):
+            out[head] = value
+        elif leaf and "." not in leaf and head in TABLES and (head != "recipe" or leaf in RECIPE_KEYS):
+            out[head][leaf] = value
+        else:
+            settable = [k for k in TOP_KEYS if k not in (*TABLES, "published")] + [f"{t}.KEY" for t in TABLES]
+            raise UsageError(f"--set {key}: unknown key; give one of {', '.join(settable)}")
+    return out
+
+
+def to_config(data: dict[str, Any], recipe_name: str) -> RunConfig:
+    """The RunConfig a checked preset describes, validated by RunConfig's and Recipe's own checks."""
+    if not isinstance(data["protocols"], list):
+        raise UsageError(f"protocols={data['protocols']!r} should be a list of protocol names, e.g. [\"knn\"]")
+    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["recipe"].items()})
+    return RunConfig(method=data["method"], dataset=data["dataset"], backbone=data["backbone"], epochs=data["epochs"],
+                     batch_size=data["batch_size"], recipe=recipe, recipe_name=recipe_name,
+                     method_args=dict(data["method_args"]), backbone_args=dict(data["backbone_args"]),
+                     protocols=tuple(data["protocols"]))
