@@ -195,19 +195,23 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def pickled_global(err: pickle.UnpicklingError) -> str | None:
+    """The class or function a weights-only load refused to call, or None. A pickle that names one is a crafted or
+    foreign file; other unpickling errors (unknown opcodes, bad lengths) are damage."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1)[:80] if found else None
+
+
 def _safe_load(source, path: Path, damaged: str, hint: str) -> Any:
     """torch.load with weights_only=True: tensors and plain containers; any other pickled object is refused."""
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # A pickle that names a global (a class or function to call) is a crafted or foreign file; other
-        # unpickling errors (unknown opcodes, bad lengths) are damage.
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if not found:
+        name = pickled_global(err)
+        if not name:
             raise UsageError(f"checkpoint {path} is {damaged} (UnpicklingError); {hint}") from None
-        what = f"it names {found.group(1)[:80]}"
-        raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values ({what}); refused, "
-                         f"since loading them could run code; {hint}") from None
+        raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values (it names {name}); "
+                         f"refused, since loading them could run code; {hint}") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
         raise UsageError(f"checkpoint {path} is {damaged} ({type(err).__name__}); {hint}") from None
 

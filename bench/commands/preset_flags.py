@@ -40,9 +40,10 @@ def preset_config(a: argparse.Namespace) -> RunConfig:
     name = f"preset:{a.preset}" if a.preset else f"config:{path.stem}"
     data = presets.read(path)
     pairs = parse_pairs(a.set, "--set")
-    data = presets.override(data, pairs | {f: vars(a)[f] for f in FIELD_FLAGS if vars(a)[f] is not None})
-    data = presets.override(data, {f"recipe.{f}": vars(a)[f] for f in RECIPE_FLAGS if vars(a)[f] is not None})
-    data = presets.override(data, {f"method_args.{k}": v for k, v in parse_pairs(a.method_arg, "--method-arg").items()})
+    # Later entries win: a run flag over a --set of the same field.
+    data = presets.override(data, pairs | {f: vars(a)[f] for f in FIELD_FLAGS if vars(a)[f] is not None}
+                            | {f"recipe.{f}": vars(a)[f] for f in RECIPE_FLAGS if vars(a)[f] is not None}
+                            | {f"method_args.{k}": v for k, v in parse_pairs(a.method_arg, "--method-arg").items()})
     changed = a.method_arg or any(vars(a)[f] is not None for f in RECIPE_FLAGS) or \
         any(k.startswith(("recipe.", "method_args.")) for k in pairs)
     cfg = presets.to_config(data, f"{name}+custom" if changed else name)

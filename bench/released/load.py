@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 from bench.core.errors import UsageError
 from bench.released.archs import ARCHS, Adapter, arch_family, build_arch, patch_size, statistics
 from bench.released.formats import backbone_state, detect_format, family_of, get_format, infer_arch, rename_vit
+from bench.store import pickled_global
 
 SHOWN = 3  # mismatched keys named in the message; the rest are counted
 
@@ -44,11 +44,11 @@ def read_file(path: Path) -> object:
                          "save its weights once with torch.save(torch.jit.load(path).state_dict(), 'weights.pth') "
                          "and pass that file") from None
     except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if not found:
+        name = pickled_global(err)
+        if not name:
             raise UsageError(f"checkpoint {path} is corrupt (UnpicklingError); download it again") from None
         raise UsageError(f"checkpoint {path} holds objects other than tensors and plain values (it names "
-                         f"{found.group(1)[:80]}); refused, since loading them could run code; save its state_dict "
+                         f"{name}); refused, since loading them could run code; save its state_dict "
                          "alone with torch.save") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or foreign file
         raise UsageError(f"checkpoint {path} cannot be read by torch.load ({type(err).__name__}); "
