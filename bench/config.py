@@ -14,7 +14,9 @@ from methods.spec import UNIFIED_RECIPE, Recipe, check, opt
 
 # Labels of a run, not inputs to it: they decide where a record goes and which metrics it holds, not what the
 # trained model is.
-NOT_IN_KEY = ("suite", "protocols")
+NOT_IN_KEY = ("suite", "protocols", "protocol_args", "knn_every", "online_linear")
+# Fields added after records were written: hashed only when set, so every older config keeps its key.
+KEYED_WHEN_SET = {"image_size": None, "protocol_args": {}, "knn_every": 0, "online_linear": False}
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,26 @@ class RunConfig:
     # bf16 autocast where bf16 is native (CUDA, or a CPU with AMX / AVX512-BF16), except on a CPU for models
     # that run slower so (Method.float32_on_cpu: the ViT).
     amp: bool = True
+    # Side, in pixels, the dataset is decoded or resized to at load; None: the dataset's own (folder trees: 64).
+    image_size: int | None = opt(None, ge=8, le=1024)
+    # Keyword settings per protocol, e.g. {"knn": {"variants": [["cosine", "weighted", [200]]], "temperatures": [0.1]}}.
+    protocol_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Measured during training, never changing it: the knn protocol every N epochs (0: off), reported at the last
+    # and the best evaluated epoch, and a linear head trained online on the encoder's detached features.
+    knn_every: int = opt(0, ge=0, le=100_000)
+    online_linear: bool = False
 
     def __post_init__(self) -> None:
         """Every field by its annotation and declaration, the recipe by its own, and no NaN or infinity in the
         method's or backbone's arguments (a record holding one would not be JSON)."""
         check(self, "run config")
         check(self.recipe, "recipe")
-        for name, args in (("method_args", self.method_args), ("backbone_args", self.backbone_args)):
+        for name, settings in self.protocol_args.items():
+            if not isinstance(settings, dict):
+                raise UsageError(f"protocol_args {name}={reprlib.repr(settings)} should be a table of that protocol's "
+                                 "settings, e.g. protocol_args.knn = {temperatures = [0.1]}")
+        for name, args in (("method_args", self.method_args), ("backbone_args", self.backbone_args),
+                           ("protocol_args", self.protocol_args)):
             for key, value in args.items():
                 if not _finite(value):
                     raise UsageError(f"{name} {key}={reprlib.repr(value)} is not a finite number; give a finite value")
@@ -55,11 +70,11 @@ class RunConfig:
 
     def key(self) -> str:
         """A short hash of what changes the trained model: every field but the labels of ``NOT_IN_KEY``."""
-        return _hash({k: v for k, v in self.to_dict().items() if k not in NOT_IN_KEY})
+        return _hash({k: v for k, v in _keyed(self.to_dict()).items() if k not in NOT_IN_KEY})
 
     def legacy_key(self) -> str:
         """The key of records and checkpoints written before the labels left the hash (every field hashed)."""
-        return _hash(self.to_dict())
+        return _hash(_keyed(self.to_dict()))
 
     def accepted_keys(self) -> tuple[str, str]:
         """Every key this config's records and checkpoints may carry, the current one first."""
@@ -80,6 +95,10 @@ class RunConfig:
             return cls(**d)
         except (TypeError, AttributeError, UsageError) as err:
             raise UsageError(f"{where} holds no valid run config ({err}); is it a repbench record.json?") from None
+
+
+def _keyed(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]}
 
 
 def _finite(value: Any) -> bool:

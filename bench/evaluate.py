@@ -6,6 +6,7 @@ before any work (``check_before_training``, ``refuse_unproducible``) ask the pro
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -58,19 +59,21 @@ def evaluate(method: Method, ds: Dataset, cfg: RunConfig) -> Metrics:
     text = text_side(method, ds, test_x, cfg.device) if isinstance(method, TextTower) else None
     test = Features(test_x, ds.test_y, ds.num_classes, "test", text)
     names = cfg.protocols if cfg.protocols is not None else PROTOCOLS.names()
-    metrics: dict[str, Any] = run_protocols(names, train, test, seed=cfg.seed, device=cfg.device)
+    metrics: dict[str, Any] = run_protocols(names, train, test, seed=cfg.seed, device=cfg.device,
+                                            settings=cfg.protocol_args)
     with torch.no_grad():
         metrics.update(method.extra_metrics(normalise(ds.test_x, mean, std).to(cfg.device)))
     return metrics
 
 
 def run_protocols(names: Iterable[str], train: Features, test: Features, *, seed: int, device: str,
-                  log: Callable[[str], None] | None = None) -> Metrics:
-    """Every named protocol's entries; each skipped one said once (``log``, default stderr)."""
+                  log: Callable[[str], None] | None = None, settings: dict[str, dict[str, Any]] | None = None) -> Metrics:
+    """Every named protocol's entries, each run with its ``settings`` (keyword arguments); each skipped entry said
+    once (``log``, default stderr)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     metrics: Metrics = {}
     for name in names:
-        out = PROTOCOLS.get(name)(train, test, seed=seed, device=device)
+        out = PROTOCOLS.get(name)(train, test, seed=seed, device=device, **(settings or {}).get(name, {}))
         for key, entry in out.items():
             if is_skipped(entry):
                 log(f"repbench: skipped {key}: {entry['skipped']}")
@@ -78,10 +81,29 @@ def run_protocols(names: Iterable[str], train: Features, test: Features, *, seed
     return metrics
 
 
-def refuse_unproducible(names: Iterable[str], shape: Shape, fix: str) -> None:
+def check_protocol_args(settings: dict[str, dict[str, Any]]) -> None:
+    """Each protocol named is registered and takes every setting given (a keyword of its ``evaluate``)."""
+    for name, kwargs in settings.items():
+        fn = PROTOCOLS.get(name)
+        accepted = [p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+        unknown = sorted(set(kwargs) - {p.name for p in accepted} - {"seed", "device"})
+        if unknown or {"seed", "device"} & set(kwargs):
+            bad = unknown[0] if unknown else sorted({"seed", "device"} & set(kwargs))[0]
+            names = ", ".join(p.name for p in accepted if p.name not in ("seed", "device")) or "none"
+            raise UsageError(f"protocol_args.{name}.{bad} is not a setting of the {name} protocol; it takes: {names}")
+
+
+def _limits_of(name: str, shape: Shape, settings: dict[str, dict[str, Any]] | None) -> dict[str, str]:
+    fn = LIMITS.get(name)
+    params = inspect.signature(fn).parameters
+    return fn(shape, **{k: v for k, v in (settings or {}).get(name, {}).items() if k in params})
+
+
+def refuse_unproducible(names: Iterable[str], shape: Shape, fix: str,
+                        settings: dict[str, dict[str, Any]] | None = None) -> None:
     """UsageError for the first protocol of ``names`` that would give nothing but skipped entries on ``shape``."""
     for name in names:
-        reasons = LIMITS.get(name)(shape)
+        reasons = _limits_of(name, shape, settings)
         if reasons and all(reasons.values()):
             key, reason = next(iter(reasons.items()))
             raise UsageError(f"protocol {name} cannot run on this data: {key} {reason}; {fix}")
@@ -89,17 +111,18 @@ def refuse_unproducible(names: Iterable[str], shape: Shape, fix: str) -> None:
 
 def check_before_training(cfg: RunConfig, ds: Dataset) -> None:
     """Before anything is trained or written: see ``check_data``."""
-    check_data(ds, cfg.protocols, cfg.device)
+    check_data(ds, cfg.protocols, cfg.device, cfg.protocol_args)
 
 
-def check_data(ds: Dataset, protocols: Sequence[str] | None, device: str) -> None:
+def check_data(ds: Dataset, protocols: Sequence[str] | None, device: str,
+               settings: dict[str, dict[str, Any]] | None = None) -> None:
     """Before features exist: the labels are usable, and no protocol named in ``protocols`` (None: every one, each
     giving what it can) would give only skipped entries on this data's sample counts."""
     check_labels(ds.train_y, "train", ds.num_classes)
     check_labels(ds.test_y, "test", ds.num_classes)
     if protocols:
         shape = Shape(np.bincount(ds.train_y.cpu().numpy(), minlength=ds.num_classes), len(ds.test_y), None, device)
-        refuse_unproducible(protocols, shape, "leave it out of --protocols or use more images per class")
+        refuse_unproducible(protocols, shape, "leave it out of --protocols or use more images per class", settings)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ each dataset subset loaded once, a progress line per run, optionally several run
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sys
 import time
@@ -15,11 +16,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig
+from bench.config import NOT_IN_KEY, RunConfig
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.data import DATASETS, Dataset, load_dataset
-from bench.evaluate import check_before_training, evaluate, write_clip_benchmark
+from bench.evaluate import check_before_training, check_protocol_args, evaluate, write_clip_benchmark
 from bench.store import provenance, read_json, remove_stale_temps, save_checkpoint, write_json
 from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods import METHODS
@@ -40,6 +41,7 @@ def validate(cfg: RunConfig) -> None:
     for p in cfg.protocols or ():
         PROTOCOLS.get(p)
     make_config(cls, cfg.method_args)
+    check_protocol_args(cfg.protocol_args)
     if cfg.recipe.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {cfg.recipe.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     resolve_device(cfg.device)
@@ -76,7 +78,7 @@ def run_dir_for(cfg: RunConfig, out: Path) -> Path:
 def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: bool = False,
             progress: bool = True, ds: Dataset | None = None) -> dict[str, Any]:
     validate(cfg)
-    ds = ds or load_dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class)
+    ds = ds or load_dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class, cfg.image_size)
     if cfg.batch_size > len(ds.train_y):
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(ds.train_y)} training images; lower it")
     check_before_training(cfg, ds)
@@ -94,7 +96,8 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
         "run_id": cfg.run_id(), "status": training["status"], "config": cfg.to_dict(),
         # The method's resolved config (capped queue sizes, backbone-dependent defaults), not just the request.
         "method_config": asdict(method.cfg), "recipe_diff_from_unified": recipe_diff(cfg.recipe),
-        "data": {"name": ds.name, "source": ds.source, "train": len(ds.train_y), "test": len(ds.test_y)},
+        "data": {"name": ds.name, "source": ds.source, "train": len(ds.train_y), "test": len(ds.test_y),
+                 "unlabeled": 0 if ds.unlabeled_x is None else len(ds.unlabeled_x), "image_size": ds.image_size},
         "metrics": metrics, "training": training, "throughput": throughput,
         "timing": {"train_s": round(train_s, 2), "eval_s": round(time.perf_counter() - t0 - train_s, 2)},
         "provenance": provenance(cfg.seed, cfg.device),
@@ -166,20 +169,33 @@ def summary_line(metrics: dict[str, Any]) -> str:
                     if k in ("knn", "linear") and isinstance(v.get("top1"), float))
 
 
+def measured_alike(recorded: dict[str, Any], cfg: RunConfig) -> bool:
+    """A record of the same trained config holds the metrics ``cfg`` asks for: same protocols, settings, monitors."""
+    want = cfg.to_dict()
+    want["protocols"] = list(cfg.protocols) if cfg.protocols is not None else None
+    defaults = {"protocol_args": {}, "knn_every": 0, "online_linear": False}
+    return all(json_like(recorded.get(k, defaults.get(k))) == json_like(want[k]) for k in NOT_IN_KEY if k != "suite")
+
+
+def json_like(value: Any) -> Any:
+    """``value`` as a record.json gives it back (tuples as lists)."""
+    return json.loads(json.dumps(value))
+
+
 _WORKER_DATA: dict[tuple, Dataset] = {}  # a spawned worker's datasets, kept across the configs it is given
 
 
 def _run_in_worker(cfg: RunConfig, out: Path, opts: Options, cache: dict | None = None) -> tuple[dict[str, Any], float]:
     t = time.perf_counter()
     cache = _WORKER_DATA if cache is None else cache
-    key = (cfg.dataset, cfg.per_class, cfg.test_per_class, opts.data_root)
+    key = (cfg.dataset, cfg.per_class, cfg.test_per_class, opts.data_root, cfg.image_size)
     if key not in cache:  # the config's dataset subset, one kept at a time
         cache.clear()
-        cache[key] = load_dataset(cfg.dataset, opts.data_root, cfg.per_class, cfg.test_per_class)
+        cache[key] = load_dataset(cfg.dataset, opts.data_root, cfg.per_class, cfg.test_per_class, cfg.image_size)
     path = run_dir_for(cfg, out) / RECORD
     if opts.reuse and path.exists():
         rec = read_json(path)
-        if rec.get("config", {}).get("protocols") == (list(cfg.protocols) if cfg.protocols is not None else None):
+        if measured_alike(rec.get("config", {}), cfg):
             return rec, time.perf_counter() - t
     try:
         rec = run_one(cfg, out, opts.data_root, opts.resume, opts.progress, cache[key])

@@ -10,6 +10,7 @@ from bench import presets
 from bench.commands.values import parse_pairs
 from bench.config import RunConfig
 from bench.core.errors import UsageError
+from bench.data.roots import image_size
 
 # Run flags that replace a preset's field of the same name; the rest (--seed, --device, ...) apply as always.
 FIELD_FLAGS = ("method", "dataset", "backbone", "epochs", "batch_size")
@@ -47,5 +48,6 @@ def preset_config(a: argparse.Namespace) -> RunConfig:
     changed = a.method_arg or any(vars(a)[f] is not None for f in RECIPE_FLAGS) or \
         any(k.startswith(("recipe.", "method_args.")) for k in pairs)
     cfg = presets.to_config(data, f"{name}+custom" if changed else name)
+    size = a.image_size or cfg.image_size or image_size(0) or None
     return replace(cfg, seed=a.seed or 0, device=a.device, per_class=a.per_class, test_per_class=a.test_per_class,
-                   deterministic=a.deterministic)
+                   deterministic=a.deterministic, image_size=size)

@@ -13,6 +13,7 @@ from bench.commands.args import float_range, int_range
 from bench.commands.values import parse_pairs
 from bench.config import RunConfig
 from bench.core.errors import UsageError
+from bench.data.roots import image_size
 from bench.experiments import SUITES
 from bench.report import write_table
 from bench.runner import Options, run_dir_for, run_many, validate
@@ -22,7 +23,7 @@ from methods.spec import UNIFIED_RECIPE
 
 # Flags that describe a single configuration; a suite fixes them itself.
 SINGLE_RUN_FLAGS = ("method", "dataset", "backbone", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
-                    "seed", "recipe", "per_class", "test_per_class", "method_arg")
+                    "seed", "recipe", "per_class", "test_per_class", "method_arg", "image_size")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int_range(0, 2**31 - 1))
     p.add_argument("--per-class", type=int_range(1), help="train on this many images per class")
     p.add_argument("--test-per-class", type=int_range(1), help="test on this many images per class")
+    p.add_argument("--image-size", type=int_range(8, 1024),
+                   help="decode or resize the dataset to this side in pixels (default $REPBENCH_IMAGE_SIZE, else the "
+                        "dataset's own; folder trees 64)")
     p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="override a method option (repeatable)")
     p.add_argument("--protocols", help="comma-separated protocols (default: all registered)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -67,7 +71,12 @@ def single_config(a: argparse.Namespace) -> RunConfig:
     return RunConfig(method=a.method, dataset=a.dataset, backbone=a.backbone or "convnet", epochs=a.epochs or 1,
                      batch_size=a.batch_size or 256, seed=a.seed or 0, device=a.device, recipe=recipe, recipe_name=name,
                      method_args=parse_method_args(a.method_arg), per_class=a.per_class,
-                     test_per_class=a.test_per_class, deterministic=a.deterministic)
+                     test_per_class=a.test_per_class, deterministic=a.deterministic, image_size=given_image_size(a))
+
+
+def given_image_size(a: argparse.Namespace) -> int | None:
+    """--image-size, else $REPBENCH_IMAGE_SIZE, else None: the size a run is keyed by is always in its config."""
+    return a.image_size or (image_size(0) or None)
 
 
 def suite_configs(a: argparse.Namespace) -> list[RunConfig]:

@@ -11,11 +11,13 @@ never replaced). An environment variable rather than an entry-point group, so a 
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
+from torchvision.transforms.v2.functional import resize
 
 from bench.core.errors import UsageError
 from bench.core.registry import Registry
@@ -40,6 +42,9 @@ class Dataset:
     extras: dict = field(default_factory=dict)
     # Published per-channel (mean, std) in 0..1, used instead of the training images' own when given.
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # Images without labels (STL-10's ``unlabeled`` split), (U, C, H, W) uint8: pre-training draws from train_x and
+    # these together; probes and protocols never see them.
+    unlabeled_x: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -116,13 +121,27 @@ DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", {**BUILTIN, **_
 
 
 def load_dataset(name: str, data_root: str | None = None, per_class: int | None = None,
-                 test_per_class: int | None = None) -> Dataset:
-    ds = DATASETS.get(name)(data_root=data_root)
+                 test_per_class: int | None = None, image_size: int | None = None) -> Dataset:
+    """``image_size``: loaders that decode (folder trees) decode at that side; other datasets are resized to it."""
+    loader = DATASETS.get(name)
+    if image_size and "image_size" in inspect.signature(loader).parameters:
+        ds = loader(data_root=data_root, image_size=image_size)
+    else:
+        ds = loader(data_root=data_root)
+    if image_size and ds.image_size != image_size:
+        ds = resized(ds, image_size)
     if per_class:
         ds = ds.subset("train", class_subset(ds.train_y, per_class))
     if test_per_class:
         ds = ds.subset("test", class_subset(ds.test_y, test_per_class))
     return ds
+
+
+def resized(ds: Dataset, size: int) -> Dataset:
+    """Every split resized (antialiased, uint8 kept) to ``size`` x ``size``."""
+    def fit(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else resize(x, [size, size], antialias=True)
+    return replace(ds, train_x=fit(ds.train_x), test_x=fit(ds.test_x), unlabeled_x=fit(ds.unlabeled_x))
 
 
 def class_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

@@ -72,33 +72,34 @@ def _images(folder: ImageFolder, size: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(np.stack(x)), torch.tensor(folder.targets, dtype=torch.int64)
 
 
-def load_tree(name: str, title: str, data_root: str | None, classes: list[str] | None = None, norm=None) -> Dataset:
+def load_tree(name: str, title: str, data_root: str | None, classes: list[str] | None = None, norm=None,
+              size: int | None = None) -> Dataset:
     root = _tree(title, data_root)
     train, val = _scan(title, root / "train", classes), _scan(title, root / "val", classes)
     if train.classes != val.classes:
         only = sorted(set(train.classes) ^ set(val.classes))
         raise UsageError(f"{title} under {root}: train/ and val/ have different classes ({', '.join(only[:5])} in only "
                          f"one of them); give both the same class folders")
-    size = image_size(DEFAULT_SIZE)
+    size = size or image_size(DEFAULT_SIZE)
     (tr_x, tr_y), (te_x, te_y) = _images(train, size), _images(val, size)
     return Dataset(name, tr_x, tr_y, te_x, te_y, list(train.classes), source=str(root), norm=norm)
 
 
-def imagefolder(data_root: str | None = None) -> Dataset:
+def imagefolder(data_root: str | None = None, image_size: int | None = None) -> Dataset:
     """Any ImageFolder tree; normalised with its own training images' statistics."""
-    return load_tree("imagefolder", "ImageFolder", data_root)
+    return load_tree("imagefolder", "ImageFolder", data_root, size=image_size)
 
 
-def imagenet(data_root: str | None = None) -> Dataset:
+def imagenet(data_root: str | None = None, image_size: int | None = None) -> Dataset:
     """ILSVRC-2012 in ImageFolder layout (1000 classes); normalised with the usual ImageNet statistics."""
-    return load_tree("imagenet", "ImageNet", data_root, norm=IMAGENET_NORM)
+    return load_tree("imagenet", "ImageNet", data_root, norm=IMAGENET_NORM, size=image_size)
 
 
 def imagenet100_classes() -> list[str]:
     return IMAGENET100_LIST.read_text().split()
 
 
-def imagenet100(data_root: str | None = None) -> Dataset:
+def imagenet100(data_root: str | None = None, image_size: int | None = None) -> Dataset:
     """CMC's ImageNet-100: the 100 listed classes of an ImageNet tree; every one must be in train/ and val/."""
     wanted = imagenet100_classes()
     root = _tree("ImageNet-100", data_root)
@@ -108,4 +109,4 @@ def imagenet100(data_root: str | None = None) -> Dataset:
             raise UsageError(f"ImageNet-100: {root / split} lacks {len(missing)} of the 100 classes of "
                              f"{IMAGENET100_LIST.name} (first: {', '.join(missing[:3])}); point --data-root at an ImageNet "
                              "tree holding a folder per wnid")
-    return load_tree("imagenet100", "ImageNet-100", data_root, wanted, IMAGENET_NORM)
+    return load_tree("imagenet100", "ImageNet-100", data_root, wanted, IMAGENET_NORM, image_size)

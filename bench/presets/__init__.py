@@ -20,6 +20,8 @@ from methods.spec import Recipe
 PRESET_DIR = Path(__file__).parent
 TABLES = ("recipe", "method_args", "backbone_args")
 TOP_KEYS = ("method", "dataset", "backbone", "epochs", "batch_size", "protocols", *TABLES, "published")
+# Measurement settings a file may leave at RunConfig's defaults.
+TOP_OPTIONAL = ("image_size", "knn_every", "online_linear", "protocol_args")
 PUBLISHED_KEYS = ("metric", "value", "source")
 PUBLISHED_OPTIONAL = ("notes", "published_lr")
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
@@ -51,8 +53,8 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def check_keys(data: dict[str, Any], where: str) -> None:
-    _keys(data, where, "", TOP_KEYS, TOP_KEYS)
-    for table in (*TABLES, "published"):
+    _keys(data, where, "", TOP_KEYS, TOP_KEYS + TOP_OPTIONAL)
+    for table in (*TABLES, "published", *(["protocol_args"] if "protocol_args" in data else [])):
         if not isinstance(data[table], dict):
             raise UsageError(f"{where}: {table} should be a table ([{table}]); see bench/presets/*.toml")
     _keys(data["recipe"], where, "recipe.", RECIPE_REQUIRED, RECIPE_KEYS)
@@ -73,12 +75,16 @@ def override(data: dict[str, Any], pairs: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(data)
     for key, value in pairs.items():
         head, _, leaf = key.partition(".")
-        if not leaf and head in TOP_KEYS and head not in (*TABLES, "published"):
+        if not leaf and head in TOP_KEYS + TOP_OPTIONAL and head not in (*TABLES, "published", "protocol_args"):
             out[head] = value
         elif leaf and "." not in leaf and head in TABLES and (head != "recipe" or leaf in RECIPE_KEYS):
             out[head][leaf] = value
+        elif head == "protocol_args" and leaf.count(".") == 1:
+            name, setting = leaf.split(".")
+            out.setdefault("protocol_args", {}).setdefault(name, {})[setting] = value
         else:
-            settable = [k for k in TOP_KEYS if k not in (*TABLES, "published")] + [f"{t}.KEY" for t in TABLES]
+            settable = [k for k in TOP_KEYS + TOP_OPTIONAL if k not in (*TABLES, "published", "protocol_args")] + \
+                [f"{t}.KEY" for t in TABLES] + ["protocol_args.PROTOCOL.KEY"]
             raise UsageError(f"--set {key}: unknown key; give one of {', '.join(settable)}")
     return out
 
@@ -91,4 +97,6 @@ def to_config(data: dict[str, Any], recipe_name: str) -> RunConfig:
     return RunConfig(method=data["method"], dataset=data["dataset"], backbone=data["backbone"], epochs=data["epochs"],
                      batch_size=data["batch_size"], recipe=recipe, recipe_name=recipe_name,
                      method_args=dict(data["method_args"]), backbone_args=dict(data["backbone_args"]),
-                     protocols=tuple(data["protocols"]))
+                     protocols=tuple(data["protocols"]), image_size=data.get("image_size"),
+                     protocol_args={k: dict(v) for k, v in data.get("protocol_args", {}).items()},
+                     knn_every=data.get("knn_every", 0), online_linear=data.get("online_linear", False))
