@@ -17,6 +17,7 @@ from methods.spec import UNIFIED_RECIPE, Recipe, check, opt
 NOT_IN_KEY = ("suite", "protocols", "protocol_args", "knn_every", "online_linear")
 # Fields added after records were written: hashed only when set, so every older config keeps its key.
 KEYED_WHEN_SET = {"image_size": None, "protocol_args": {}, "knn_every": 0, "online_linear": False}
+RECIPE_KEYED_WHEN_SET = {"decay_norm_bias": False}
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,10 @@ class RunConfig:
 
 
 def _keyed(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]}
+    out = {k: v for k, v in d.items() if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]}
+    out["recipe"] = {k: v for k, v in d["recipe"].items()
+                     if k not in RECIPE_KEYED_WHEN_SET or v != RECIPE_KEYED_WHEN_SET[k]}
+    return out
 
 
 def _finite(value: Any) -> bool:

@@ -43,7 +43,8 @@ class LARS(torch.optim.Optimizer):
 
 
 def param_groups(model: nn.Module, weight_decay: float, recipe: Recipe | None = None) -> list[dict]:
-    """Decay (and LARS-adapt) weight matrices only; biases and norm parameters (ndim <= 1) are exempt.
+    """Decay (and LARS-adapt) weight matrices only; biases and norm parameters (ndim <= 1) are exempt unless the
+    recipe's ``decay_norm_bias`` says otherwise.
 
     With a recipe, parameters named by ``recipe.fixed_lr`` get groups of their own (``fixed_lr: True``, the
     scheduler leaves their rate alone), and the exempt groups' rate is scaled by ``recipe.no_decay_lr_scale``
@@ -51,10 +52,11 @@ def param_groups(model: nn.Module, weight_decay: float, recipe: Recipe | None = 
     """
     fixed = tuple(recipe.fixed_lr) if recipe is not None else ()
     scale = recipe.no_decay_lr_scale if recipe is not None else 1.0
+    exempt_small = not (recipe is not None and recipe.decay_norm_bias)
     buckets: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            buckets.setdefault((p.ndim <= 1, name.startswith(fixed) if fixed else False), []).append(p)
+            buckets.setdefault((exempt_small and p.ndim <= 1, name.startswith(fixed) if fixed else False), []).append(p)
     groups = []
     for (exempt, is_fixed), params in sorted(buckets.items()):
         group = {"params": params, "weight_decay": 0.0 if exempt else weight_decay, "decay": not exempt,

@@ -131,6 +131,9 @@ class Recipe:
     fixed_lr: tuple[str, ...] = opt((), pattern=r".+", means="a parameter-name prefix")
     # Base-rate multiplier for biases and norm parameters (Barlow Twins: 0.024).
     no_decay_lr_scale: float = opt(1.0, ge=0, le=1000)
+    # Decay (and LARS-adapt) biases and norm parameters too, as MoCo v1/v2, SimSiam, InstDisc and SwAV's official
+    # code does (their optimisers take model.parameters() whole); the default exempts them (SimCLR App. B.1).
+    decay_norm_bias: bool = False
 
     def scaled_lr(self, batch_size: int) -> float:
         return self.lr * batch_size / 256
