@@ -3,7 +3,8 @@ published files, loads into a network whose features equal the original's; bad f
 
 ResNets are torchvision's own modules (the releases are torchvision ResNets); the ViTs are a timm-style reference
 written below from timm's VisionTransformer (the layout DINO, MoCo v3 and MAE publish), so the key mapping is
-checked against an independent implementation, not against itself. ViT-S/16 at 32 px keeps it quick.
+checked against an independent implementation, not against itself. ViT-S/16 at 32 px keeps it quick. CLIP files
+(both towers, built with open_clip) are tested in test_released_clip.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import copy
 import hashlib
 import json
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,8 @@ import torchvision
 from torch import nn
 
 from bench.cli import COMMANDS
-from bench.core.errors import UsageError
 from bench.released import FORMATS, load_released
 from bench.released.archs import build_arch
-from bench.released.clip_visual import CLIP_SIZES, ClipSize
 from bench.released.formats import rename_vit
 
 TINY_DATA = ["--dataset", "digits", "--per-class", "10", "--test-per-class", "5", "--protocols", "knn"]
@@ -70,50 +68,6 @@ class TimmViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)[:, 0]
-
-
-class RefClipBlock(nn.Module):
-    """openai/CLIP model.py's ResidualAttentionBlock: sequence-first attention, mlp.c_fc / gelu / mlp.c_proj."""
-
-    def __init__(self, width: int, heads: int, act: nn.Module) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", act),
-                                              ("c_proj", nn.Linear(4 * width, width))]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (L, N, D)
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class RefClipVisual(nn.Module):
-    """openai/CLIP model.py's VisionTransformer (the image tower): its forward, token-first, as written there."""
-
-    def __init__(self, width=64, layers=2, heads=2, patch=16, out=32, image_size=32, quick_gelu=True) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(width ** -0.5 * torch.randn(width))
-        self.positional_embedding = nn.Parameter(width ** -0.5 * torch.randn((image_size // patch) ** 2 + 1, width))
-        self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.transformer = nn.Module()
-        self.transformer.resblocks = nn.Sequential(*[RefClipBlock(width, heads, QuickGELU() if quick_gelu else nn.GELU())
-                                                     for _ in range(layers)])
-        self.proj = nn.Parameter(width ** -0.5 * torch.randn(width, out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1])
-        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
-        x = self.transformer.resblocks(x.permute(1, 0, 2)).permute(1, 0, 2)
-        return self.ln_post(x[:, 0, :]) @ self.proj
 
 
 def _perturbed(net: nn.Module) -> nn.Module:
@@ -160,29 +114,6 @@ VIT_LAYOUTS = {
          "decoder_blocks.0.norm1.weight": (512,), "decoder_pred.weight": (768, 512)})}},
 }
 
-_OPENAI_TEXT = {"positional_embedding": (77, 32), "text_projection": (32, 32), "logit_scale": (), "ln_final.weight": (32,),
-                "token_embedding.weight": (49408, 32), "transformer.resblocks.0.attn.in_proj_weight": (96, 32)}
-CLIP_LAYOUTS = {
-    "clip": lambda s: {**_prefixed(s, "visual."), **_extra(_OPENAI_TEXT), "input_resolution": torch.tensor(224)},
-    "open_clip": lambda s: {"epoch": 32, "name": "run", "state_dict": {
-        **_prefixed(s, "module.visual."), **_prefixed(_extra(_OPENAI_TEXT), "module.")}},
-}
-TINY_CLIP = "clip-vit-t16"  # a CLIP tower small enough to run here, registered for this module only
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_clip_size():
-    CLIP_SIZES[TINY_CLIP] = ClipSize(64, 2, 2, 16, 32)
-    yield
-    del CLIP_SIZES[TINY_CLIP]
-
-
-@pytest.fixture(scope="module")
-def clips() -> dict[str, nn.Module]:
-    torch.manual_seed(0)
-    return {fmt: _perturbed(RefClipVisual(quick_gelu=fmt == "clip")) for fmt in CLIP_LAYOUTS}
-
-
 @pytest.fixture(scope="module")
 def resnet18() -> nn.Module:
     torch.manual_seed(0)
@@ -200,37 +131,36 @@ def vit_s() -> nn.Module:
     return _perturbed(TimmViT())
 
 
-def _reference(family: str, fmt: str, resnet18, vit_s, clips) -> nn.Module:
-    return {"resnet": resnet18, "vit": vit_s}[family] if family != "clip" else clips[fmt]
+def _reference(family: str, resnet18, vit_s) -> nn.Module:
+    return {"resnet": resnet18, "vit": vit_s}[family]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, resnet18, vit_s, clips) -> dict[tuple[str, str], Path]:
+def files(tmp_path_factory, resnet18, vit_s) -> dict[tuple[str, str], Path]:
     d = tmp_path_factory.mktemp("released")
     out = {}
-    for family, layouts in (("resnet", RESNET_LAYOUTS), ("vit", VIT_LAYOUTS), ("clip", CLIP_LAYOUTS)):
+    for family, layouts in (("resnet", RESNET_LAYOUTS), ("vit", VIT_LAYOUTS)):
         for fmt, wrap in layouts.items():
             out[family, fmt] = d / f"{family}-{fmt}.pth"
-            torch.save(wrap(_reference(family, fmt, resnet18, vit_s, clips).state_dict()), out[family, fmt])
+            torch.save(wrap(_reference(family, resnet18, vit_s).state_dict()), out[family, fmt])
     return out
 
 
 def test_every_format_has_a_layout_here():
-    assert set(FORMATS) == set(RESNET_LAYOUTS) | set(VIT_LAYOUTS) | set(CLIP_LAYOUTS)
+    assert set(FORMATS) == set(RESNET_LAYOUTS) | set(VIT_LAYOUTS) | {"clip", "open_clip"}  # CLIP: test_released_clip.py
     assert "eval" in COMMANDS
 
 
-ARCH_OF = {"resnet": "resnet18", "vit": "vit-s16", "clip": TINY_CLIP}
+ARCH_OF = {"resnet": "resnet18", "vit": "vit-s16"}
 
 
-@pytest.mark.parametrize(("family", "fmt"), [("resnet", f) for f in RESNET_LAYOUTS] + [("vit", f) for f in VIT_LAYOUTS]
-                         + [("clip", f) for f in CLIP_LAYOUTS])
-def test_mapping_is_exact(family, fmt, files, resnet18, vit_s, clips):
+@pytest.mark.parametrize(("family", "fmt"), [("resnet", f) for f in RESNET_LAYOUTS] + [("vit", f) for f in VIT_LAYOUTS])
+def test_mapping_is_exact(family, fmt, files, resnet18, vit_s):
     loaded = load_released(files[family, fmt], fmt, None, 3, 32)
     assert loaded.arch == ARCH_OF[family]
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        ref = _reference(family, fmt, resnet18, vit_s, clips)
+        ref = _reference(family, resnet18, vit_s)
         want = (_without_fc(ref) if family == "resnet" else ref)(x)
         got = loaded.encoder.net(x)
     assert got.shape == want.shape
@@ -239,55 +169,47 @@ def test_mapping_is_exact(family, fmt, files, resnet18, vit_s, clips):
 
 
 @pytest.mark.parametrize(("family", "fmt", "mean", "std"), [
-    ("resnet", "torchvision-resnet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    ("clip", "clip", (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
-def test_grey_images_reach_the_network_as_the_release_expects(family, fmt, mean, std, files, resnet18, clips):
+    ("resnet", "torchvision-resnet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_grey_images_reach_the_network_as_the_release_expects(family, fmt, mean, std, files, resnet18):
     """What `repbench eval` extracts: [0, 1] grey images repeated to RGB and normalised with the release's statistics."""
     loaded = load_released(files[family, fmt], fmt, None, 1, 32)
     x = torch.rand(3, 1, 32, 32)
     rgb = (x.repeat(1, 3, 1, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    ref = _reference(family, fmt, resnet18, None, clips)
+    ref = _reference(family, resnet18, None)
     with torch.no_grad():
         torch.testing.assert_close(loaded.encoder(x), (_without_fc(ref) if family == "resnet" else ref)(rgb),
                                    atol=1e-5, rtol=1e-4)
 
 
-# what --format auto makes of each layout: DINO's ResNet-50 file is a plain torchvision state dict; open_clip's
-# files do not say which activation they were trained with, so auto asks for --format.
-AUTO = {("resnet", "dino"): "torchvision-resnet", ("clip", "open_clip"): None}
+# what --format auto makes of each layout: DINO's ResNet-50 file is a plain torchvision state dict.
+AUTO = {("resnet", "dino"): "torchvision-resnet"}
 
 
-@pytest.mark.parametrize(("family", "fmt"), [("resnet", f) for f in RESNET_LAYOUTS] + [("vit", f) for f in VIT_LAYOUTS]
-                         + [("clip", f) for f in CLIP_LAYOUTS])
+@pytest.mark.parametrize(("family", "fmt"), [("resnet", f) for f in RESNET_LAYOUTS] + [("vit", f) for f in VIT_LAYOUTS])
 def test_auto_detects_the_format(family, fmt, files):
     expected = AUTO.get((family, fmt), fmt)
-    if expected is None:
-        with pytest.raises(UsageError, match="pass --format clip"):
-            load_released(files[family, fmt], "auto", None, 3, 32)
-        return
     loaded = load_released(files[family, fmt], "auto", None, 3, 32)
     assert (loaded.format, loaded.arch) == (expected, ARCH_OF[family])
 
 
-@pytest.mark.parametrize(("family", "fmt", "dim"), [("vit", "dino", 384), ("clip", "clip", 32)])
+@pytest.mark.parametrize(("family", "fmt", "dim"), [("vit", "dino", 384)])
 def test_positions_are_interpolated_to_the_eval_size(family, fmt, dim, files):
     loaded = load_released(files[family, fmt], fmt, None, 1, 64)  # 2x2 grid released, 4x4 used
     with torch.no_grad():
         assert loaded.encoder(torch.rand(2, 1, 48, 48)).shape == (2, dim)
 
 
-@pytest.mark.parametrize(("ours", "reference"), [("vit-b16", lambda: TimmViT(768, 12, 12, 224)),
-                                                 ("clip-vit-b16", lambda: RefClipVisual(768, 12, 12, 16, 512, 224))])
+@pytest.mark.parametrize(("ours", "reference"), [("vit-b16", lambda: TimmViT(768, 12, 12, 224))])
 def test_released_sizes_have_the_official_keys_and_shapes(ours, reference):
     """The full-size architectures, checked at the state-dict level (too big to run here)."""
     want = {k: v.shape for k, v in reference().state_dict().items() if not k.startswith("head.")}
     got = build_arch(ours, 224).state_dict()
-    got = rename_vit(got, to_official=True) if ours.startswith("vit") else got
+    got = rename_vit(got, to_official=True)
     assert {k: v.shape for k, v in got.items()} == want
 
 
 @pytest.mark.parametrize(("family", "fmt", "given"), [("resnet", "moco-v3", "moco-v3"), ("vit", "mae", "mae"),
-                                                      ("clip", "open_clip", "open_clip"), ("resnet", "moco", "auto")])
+                                                      ("resnet", "moco", "auto")])
 def test_cli_writes_a_record_with_the_checkpoint_sha256(family, fmt, given, files, cli, tmp_path):
     code, out, err = cli("eval", "--checkpoint", files[family, fmt], "--format", given, *TINY, "--out", tmp_path)
     assert code == 0, err
@@ -297,7 +219,7 @@ def test_cli_writes_a_record_with_the_checkpoint_sha256(family, fmt, given, file
     assert (rec["config"]["format"], rec["config"]["format_detected"]) == (fmt, given == "auto")
     assert rec["config"]["backbone"] == ARCH_OF[family]
     assert out == f"wrote {path}\n"
-    assert rec["checkpoint"]["feature_dim"] == {"resnet": 512, "vit": 384, "clip": 32}[family]
+    assert rec["checkpoint"]["feature_dim"] == {"resnet": 512, "vit": 384}[family]
     assert 0.0 <= rec["metrics"]["knn"]["top1"] <= 1.0 and rec["data"]["train"] == 100
     assert {"git_sha", "torch", "device"} <= set(rec["provenance"])
 
@@ -350,11 +272,6 @@ BAD = {
     "vit-block-missing": (lambda d, f: ["--checkpoint", _write(d, "v.pth", {k: v for k, v in torch.load(
         f["vit", "dino"], weights_only=True).items() if not k.startswith("blocks.11.")}), "--format", "dino"],
         "missing 12 key(s): blocks.11.norm1.weight"),
-    "clip-text-only": (lambda d, f: ["--checkpoint", _write(d, "t.pth", _extra(_OPENAI_TEXT)), "--format", "clip"],
-                       "no keys under module.visual. or visual."),
-    "clip-as-open-clip-block-missing": (lambda d, f: ["--checkpoint", _write(d, "c.pth", {
-        k: v for k, v in torch.load(f["clip", "clip"], weights_only=True).items() if k != "visual.ln_post.bias"}),
-        "--format", "open_clip"], "missing 1 key(s): ln_post.bias"),
     "auto-unknown-keys": (lambda d, f: ["--checkpoint", _write(d, "k.pth", {"encoder.weight": torch.ones(2)}),
                                         "--format", "auto"], "matches no known format (its keys start: encoder.weight)"),
     "torchscript-archive": (lambda d, f: ["--checkpoint", _torchscript(d / "ViT-B-32.pt"), "--format", "clip"],

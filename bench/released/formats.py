@@ -4,8 +4,9 @@ Each format says where the backbone's tensors sit in the file (a top-level key, 
 not the backbone (heads, projectors, decoders), then maps timm ViT names onto torchvision's. Key names as in the
 official repositories: torchvision resnet; facebookresearch/moco (``module.encoder_q.``), moco-v3
 (``module.base_encoder.``), dino (plain state dicts; full training checkpoints under ``teacher`` with
-``module.backbone.``), mae (under ``model``, decoder beside the encoder), openai/CLIP and open_clip (``visual.``,
-open_clip's training checkpoints under ``state_dict`` with ``module.``).
+``module.backbone.``), mae (under ``model``, decoder beside the encoder), openai/CLIP and open_clip (the whole
+model, both towers, ``visual.`` beside the text tower; open_clip's training checkpoints under ``state_dict`` with
+``module.``), which bench/released/clip.py builds with open_clip.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.errors import UsageError
-from bench.released.clip_visual import CLIP_SIZES
 
 
 @dataclass(frozen=True)
 class Format:
     name: str
-    families: tuple[str, ...]  # "resnet", "vit"
+    families: tuple[str, ...]  # "resnet", "vit", "clip"
     containers: tuple[str, ...]  # top-level keys the state dict may sit under, tried in order; else the file itself
     prefixes: tuple[str, ...]  # stripped when present; keys under none of them are not the backbone
     ignore: tuple[str, ...]  # regexes of backbone-prefixed keys that are heads, projectors or decoders
@@ -36,9 +36,10 @@ FORMATS = {f.name: f for f in (
     Format("moco-v3", ("resnet", "vit"), ("state_dict",), ("module.base_encoder.", "base_encoder."), _HEADS),
     Format("dino", ("resnet", "vit"), ("teacher",), ("module.backbone.", "backbone.", ""), _HEADS),
     Format("mae", ("vit",), ("model",), ("",), (*_HEADS, r"decoder_", r"mask_token$", r"fc_norm\.")),
-    # The text tower, logit_scale and OpenAI's input_resolution/context_length/vocab_size sit outside "visual.".
-    Format("clip", ("clip",), ("state_dict",), ("module.visual.", "visual."), (), quick_gelu=True),
-    Format("open_clip", ("clip",), ("state_dict",), ("module.visual.", "visual."), ()),
+    # Both towers: the whole model is kept; OpenAI's files add three integers that are not weights.
+    Format("clip", ("clip",), ("state_dict",), ("module.", ""), (r"(input_resolution|context_length|vocab_size)$",),
+           quick_gelu=True),
+    Format("open_clip", ("clip",), ("state_dict",), ("module.", ""), ()),
 )}
 
 # timm ViT name -> torchvision VisionTransformer name; {n} is the block index. A name ending in "." is a prefix.
@@ -101,9 +102,8 @@ def detect_format(obj: object, path: str) -> str:
     if has("module.visual.", "visual."):
         if "input_resolution" in inner:  # only OpenAI's own files carry it
             return "clip"
-        raise UsageError(f"checkpoint {path} is a CLIP image tower, but which activation it was trained with is not "
-                         "in the file; pass --format clip (OpenAI weights, open_clip -quickgelu models) or "
-                         "--format open_clip (open_clip's other models)")
+        raise UsageError(f"checkpoint {path} is a CLIP, but which model (activation, head width) is not in the file; "
+                         "pass --format clip (OpenAI's files) or --format open_clip --arch NAME (open_clip's)")
     if "cls_token" in keys or has("module.backbone.cls_token", "backbone.cls_token"):
         return "mae" if "model" in top else "dino"
     if "conv1.weight" in keys and has("layer1.", "module.backbone.layer1."):
@@ -139,19 +139,14 @@ def backbone_state(fmt: Format, obj: object, path: str) -> tuple[dict[str, torch
 
 
 def family_of(state: dict[str, torch.Tensor]) -> str:
-    if "class_embedding" in state or "positional_embedding" in state:
+    if any(k.startswith("visual.") for k in state) or "token_embedding.weight" in state:
         return "clip"
     return "vit" if "cls_token" in state or "pos_embed" in state else "resnet"
 
 
 def infer_arch(state: dict[str, torch.Tensor]) -> str:
-    """The --backbone a backbone state dict (official names) was trained as, for when none is given."""
+    """The --backbone a ResNet or ViT state dict (official names) was trained as, for when none is given."""
     family = family_of(state)
-    if family == "clip" and "conv1.weight" in state:
-        width, _, patch, _ = state["conv1.weight"].shape
-        layers = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
-        found = [n for n, s in CLIP_SIZES.items() if (s.width, s.patch, s.layers) == (width, patch, layers)]
-        return found[0] if found else "clip-vit-b16"
     if family == "vit":
         return {384: "vit-s16", 768: "vit-b16", 1024: "vit-l16"}.get(state["cls_token"].shape[-1], "vit-b16")
     return "resnet50" if "layer1.0.conv3.weight" in state else "resnet18"
