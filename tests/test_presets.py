@@ -65,7 +65,8 @@ def test_preset_writes_out_every_field_and_builds_a_valid_config(name):
     data = presets.read(presets.path_of(name))
     cls = METHODS.get(data["method"])
     written = {k for k, v in asdict(cls.Config()).items() if v is not None}
-    assert set(data["method_args"]) == written, "every method option is written out"
+    # Every option with a value is written out; an "auto" (None) option only where the source sets it.
+    assert written <= set(data["method_args"]) <= set(asdict(cls.Config())), "every method option is written out"
     assert set(data["recipe"]) >= set(presets.RECIPE_REQUIRED)
     cfg = presets.to_config(data, f"preset:{name}")
     validate(cfg)
@@ -81,8 +82,9 @@ def test_preset_has_a_published_value_and_source(name):
 
 
 def test_lr_is_the_base_rate_for_batch_256():
-    """lightly scales 0.06 by batch/128 (SimSiam: unscaled), so repbench's base rate gives the same rate at the batch."""
-    for name in NAMES:
+    """lightly scales 0.06 by batch/128 (SimSiam: unscaled), so repbench's base rate gives the same rate at the batch.
+    (Every preset's rate is checked against its source's rule in tests/test_preset_sources.py.)"""
+    for name in (n for n in NAMES if n.startswith("lightly-")):
         data = presets.read(presets.path_of(name))
         cfg = presets.to_config(data, name)
         if data["method"] in ("simsiam",):
@@ -167,7 +169,8 @@ def test_tiny_run_from_a_preset(capsys, tmp_path):
     config = json.loads(records[0].read_text())["config"]
     assert (config["recipe_name"], config["backbone"], config["dataset"]) == (f"preset:{SIMCLR}", "resnet18", "digits")
     assert config["backbone_args"] == {"small_stem": True} and config["method_args"]["blur_p"] == 0.0
-    assert "knn_k200" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "knn_k200_t0.1" in out and "monitor_knn.best" in out  # lightly's kNN, after training and its best epoch
 
 
 def test_recipe_fields_known_to_the_loader_are_the_recipes():
