@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("bench.commands.list", "list registered methods, protocols, datasets, backbones or suites", ""),
     "plot": ("bench.commands.plot", "draw a finished run's reconstructions and decoded interpolations (methods "
              "with a decoder) as a PNG", ""),
+    "reproduce": ("bench.commands.reproduce", "run (or reuse) every cell of a published table and write it beside the "
+                  "published numbers (Markdown and CSV)", "--scale F runs epochs x F, to smoke a whole table in minutes."),
     "run": ("bench.commands.run", "train and evaluate one method, or every config of a suite (--suite)", ""),
     "search": ("bench.commands.search", "tune a method's hyperparameters with Optuna (validation kNN), or every "
                "method with --methods all", "Several workers with the same --study and --storage share the budget: "

@@ -264,6 +264,12 @@ simple("eval-missing-checkpoint", ["eval", "--checkpoint", "no-such.pth", "--for
        "no such file")
 
 
+# --------------------------------------------------------------------------- reproduce (more in test_reproduce.py)
+
+simple("reproduce-unknown-table", ["reproduce", "--table", "no-such-table"], "unknown table")
+simple("reproduce-zero-scale", ["reproduce", "--table", "lightly-cifar10-e200-b128", "--scale", "0"], "--scale")
+
+
 # --------------------------------------------------------------------------- eval-features
 
 

@@ -8,6 +8,7 @@ from bench import presets
 from bench.core.registry import Registry
 from bench.data import DATASETS
 from bench.experiments import SUITES
+from bench.reproduce import table_names
 from methods import METHODS
 from methods.backbones import BACKBONES
 from protocols import PROTOCOLS
@@ -17,11 +18,12 @@ REGISTRIES: dict[str, Registry] = {"methods": METHODS, "protocols": PROTOCOLS, "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=[*REGISTRIES, "presets"])
+    p.add_argument("kind", choices=[*REGISTRIES, "presets", "tables"])
 
 
 def run(a: argparse.Namespace) -> int:
-    # Presets are data files, not registered code.
-    for name in presets.names() if a.kind == "presets" else REGISTRIES[a.kind].names():
+    # Presets and tables are data files, not registered code.
+    files = {"presets": presets.names, "tables": table_names}
+    for name in files[a.kind]() if a.kind in files else REGISTRIES[a.kind].names():
         print(name)
     return 0
