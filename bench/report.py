@@ -14,7 +14,8 @@ from bench.core.errors import UsageError
 from bench.store import atomic_write_bytes
 
 # (result key pattern, value field) pairs shown by default; fnmatch patterns on the key.
-DEFAULT_COLUMNS = ("knn.top1", "knn_k200.top1", "linear.top1", "kmeans.nmi", "kmeans.acc", "fewshot*.top1",
+DEFAULT_COLUMNS = ("knn.top1", "knn_k200.top1", "knn_k200_t0.1.top1", "monitor_knn.last", "monitor_knn.best",
+                   "linear.top1", "online_linear.last", "online_linear.best", "kmeans.nmi", "kmeans.acc", "fewshot*.top1",
                    "zero-shot*.top1", "reconstruction*.mse")
 GROUP = ["suite", "dataset", "backbone", "method", "variant", "recipe", "epochs", "train_n"]
 

@@ -21,6 +21,7 @@ from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.data import DATASETS, Dataset, load_dataset
 from bench.evaluate import check_before_training, check_protocol_args, evaluate, write_clip_benchmark
+from bench.monitor import Monitor, wanted
 from bench.store import provenance, read_json, remove_stale_temps, save_checkpoint, write_json
 from bench.train import CHECKPOINT, Trainer, seed_everything
 from methods import METHODS
@@ -54,10 +55,13 @@ def recipe_diff(recipe: Recipe) -> dict[str, Any]:
 
 
 def context(cfg: RunConfig, ds: Dataset) -> Context:
-    """What the config's method learns about the data and backbone when it is built."""
-    steps = max(1, len(ds.train_y) // cfg.batch_size) * cfg.epochs
+    """What the config's method learns about the data and backbone when it is built; ``num_train`` counts the images
+    it pre-trains on (STL-10's unlabeled ones too, unless it reads labels), as the Trainer draws them."""
+    unlabeled = 0 if ds.unlabeled_x is None or METHODS.get(cfg.method).uses_labels else len(ds.unlabeled_x)
+    num_train = len(ds.train_y) + unlabeled
+    steps = max(1, num_train // cfg.batch_size) * cfg.epochs
     return Context(in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
-                   num_train=len(ds.train_y), backbone=cfg.backbone, backbone_args=dict(cfg.backbone_args),
+                   num_train=num_train, backbone=cfg.backbone, backbone_args=dict(cfg.backbone_args),
                    total_steps=steps, train_text=ds.train_text, class_names=tuple(ds.classes))
 
 
@@ -87,11 +91,11 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run_dir)  # what a kill during an earlier run's writes left
     t0 = time.perf_counter()
-    training, throughput = train(method, ds, cfg, run_dir, resume, progress)
+    training, throughput, monitored = train(method, ds, cfg, run_dir, resume, progress)
     train_s = time.perf_counter() - t0
     # A diverged run is never scored (its weights are the last finite step's, not a trained model); the record
     # keeps status and step, and tables show it as a flag without numbers.
-    metrics = evaluate(method, ds, cfg) if training["status"] != "diverged" else {}
+    metrics = {**evaluate(method, ds, cfg), **monitored} if training["status"] != "diverged" else {}
     record = {
         "run_id": cfg.run_id(), "status": training["status"], "config": cfg.to_dict(),
         # The method's resolved config (capped queue sizes, backbone-dependent defaults), not just the request.
@@ -108,18 +112,22 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
 
 
 def train(method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, resume: bool, progress: bool
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train (or fit) as the method declares; returns the record's training and throughput entries."""
+          ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Train (or fit) as the method declares; returns the record's training and throughput entries and the
+    monitors' metrics (bench/monitor.py; a method without SGD epochs gets its kNN once, on the final model)."""
     if method.trained_by == "fit":
         method.fit(ds.train_x, *ds.mean_std())
         # Same checkpoint shape as the loop's, so plots and feature caches can reload fitted methods too.
         save_checkpoint(run_dir / CHECKPOINT, {"model": method.state_dict(), "epoch": 0, "step": 0,
                                                "config_key": cfg.key()})
     if method.trained_by != "sgd":
-        return {"status": "ok", "status_detail": {}}, {}
+        monitored = Monitor(method, ds, cfg, 1, 1).fitted_metrics() if wanted(cfg) else {}
+        return {"status": "ok", "status_detail": {}}, {}, monitored
     trainer = Trainer(method, ds, cfg, run_dir, progress)
     state = trainer.fit(resume=resume)
-    return {"status": state.status, "status_detail": state.status_detail, **trainer.summary()}, trainer.meter.summary()
+    monitored = trainer.monitor.metrics() if trainer.monitor else {}
+    return ({"status": state.status, "status_detail": state.status_detail, **trainer.summary()}, trainer.meter.summary(),
+            monitored)
 
 
 @dataclass(frozen=True)

@@ -57,14 +57,14 @@ def _timed_steps(trainer: Trainer, batches, steps: int, warmup: int) -> Throughp
 
 
 def measure(trainer: Trainer, steps: int, warmup: int = 5) -> Throughput:
-    """repbench's path: uint8 batch gathered in memory, augmented batched on the device."""
+    """repbench's path: the training loop's uint8 batches (resident or streamed), augmented batched on the device."""
 
     def batches():
         g = torch.Generator().manual_seed(0)
         while True:
-            order = torch.randperm(len(trainer.images), generator=g).to(trainer.device)
-            for i in range(trainer.steps_per_epoch):
-                yield trainer.batch(order[i * trainer.cfg.batch_size:(i + 1) * trainer.cfg.batch_size])
+            order = torch.randperm(len(trainer.source), generator=g)
+            for fetched in trainer.source.batches(order, trainer.cfg.batch_size, trainer.steps_per_epoch):
+                yield trainer.batch(*fetched)
 
     return _timed_steps(trainer, batches(), steps, warmup)
 

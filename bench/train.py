@@ -1,8 +1,9 @@
 """The one training loop every method runs through.
 
-Data stays in memory (on the GPU when there is one) as uint8; each step gathers a batch by index and
-augments it batched on the device. The loop owns optimiser, schedule, AMP, checkpoints, the
-throughput meter and the watchdogs (divergence, collapse).
+Training images are uint8, resident on the device or, when memory-mapped or too large, streamed from the host
+(bench/data/stream.py); each step takes a batch by index and augments it batched on the device. The loop owns
+optimiser, schedule, AMP, checkpoints, the throughput meter, the watchdogs (divergence, collapse) and the monitors
+measured beside training (bench/monitor.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from bench.config import RunConfig
 from bench.core.device import native_bf16
 from bench.core.errors import UsageError
 from bench.data import Dataset
+from bench.data.stream import training_source
+from bench.monitor import Monitor, wanted
 from bench.optim import apply_recipe_step, build_optimizer, build_scheduler
 from bench.store import load_checkpoint, remove_stale_temps, save_checkpoint
 from methods.base import Batch, Method, TextTower
@@ -114,21 +117,25 @@ class Trainer:
         self.method, self.ds, self.cfg, self.run_dir, self.progress = method, ds, cfg, Path(run_dir), progress
         method.to(memory_format=torch.channels_last)
         self.device = torch.device(cfg.device)
-        self.images = ds.train_x.to(self.device)
-        self.labels = ds.train_y.to(self.device)
+        # Pre-training images (train + unlabeled unless the method reads labels): resident on the device, or streamed
+        # from the host when memory-mapped or too large (bench/data/stream.py); same batches either way.
+        self.source = training_source(ds, self.device, labelled_only=method.uses_labels)
+        self.labels = self.source.labels
         mean, std = ds.mean_std()
         self.augment = Augmenter(method.views, ds.channels, ds.image_size, mean, std, self.device)
         self.text = method.train_tokens if isinstance(method, TextTower) else None
-        self.steps_per_epoch = max(1, len(self.images) // cfg.batch_size)
+        self.steps_per_epoch = max(1, len(self.source) // cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.opt = build_optimizer(method, cfg.recipe, cfg.batch_size)
         self.sched = build_scheduler(self.opt, cfg.recipe, self.total_steps, self.steps_per_epoch)
         g = torch.Generator().manual_seed(cfg.seed)
-        probe_idx = torch.randperm(len(self.images), generator=g)[:512].to(self.device)
-        self.probe = self.augment.normalise(self.images[probe_idx])
+        probe_idx = torch.randperm(len(self.source), generator=g)[:512]
+        self.probe = self.augment.normalise(self.source.gather(probe_idx))
         self.amp = cfg.amp and native_bf16(self.device) and not (self.device.type == "cpu" and method.float32_on_cpu())
         self.meter = Meter()
         self.state = TrainState()
+        # kNN every N epochs and the online probe: measured beside training, never changing it (bench/monitor.py).
+        self.monitor = Monitor(method, ds, cfg, self.steps_per_epoch, self.total_steps) if wanted(cfg) else None
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -138,7 +145,7 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "epoch": self.state.epoch, "step": self.state.step,
             "status": self.state.status, "status_detail": self.state.status_detail,
             "history": self.state.history, "rng": rng_state(), "config_key": self.cfg.key(),
-            "meter": self.meter.__dict__,
+            "meter": self.meter.__dict__, **({"monitor": self.monitor.state_dict()} if self.monitor else {}),
         })
 
     def restore(self) -> bool:
@@ -156,6 +163,8 @@ class Trainer:
             self.state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["status"], ckpt["status_detail"], ckpt["history"])
             self.meter = Meter(**ckpt["meter"])
             set_rng_state(ckpt["rng"])
+            if self.monitor and "monitor" in ckpt:  # a checkpoint of a run without monitors: they start now
+                self.monitor.load_state_dict(ckpt["monitor"])
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             # Same config, different code (a method gained a buffer, say): the state cannot be put back exactly.
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -165,8 +174,9 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def batch(self, idx: torch.Tensor) -> Batch:
-        x = self.images[idx]
+    def batch(self, idx: torch.Tensor, x: torch.Tensor | None = None) -> Batch:
+        """The batch of images ``idx`` (on the device); ``x``: those images when already fetched."""
+        x = self.source.gather(idx) if x is None else x
         # channels_last: faster convnet steps on CPUs too, not only on GPUs (results/benchmarks/throughput.md).
         views = [v.contiguous(memory_format=torch.channels_last) for v in self.augment(x)]
         images = self.augment.normalise(x)
@@ -175,7 +185,8 @@ class Trainer:
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
-        with autocast:
+        watch = self.monitor.watching(len(batch.labels)) if self.monitor else contextlib.nullcontext()
+        with autocast, watch:
             out = self.method.training_step(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -185,6 +196,8 @@ class Trainer:
         apply_recipe_step(self.opt, self.method.parameters(), self.state.step, self.total_steps, self.cfg.recipe)
         self.opt.step()
         self.sched.step()
+        if self.monitor:
+            self.monitor.after_step(batch.labels, self.state.step)
         self.state.step += 1
         self.method.on_step_end(self.state.step, self.total_steps)
         return out
@@ -196,13 +209,14 @@ class Trainer:
     def run_epoch(self, epoch: int) -> None:
         # The epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.images), generator=g).to(self.device)
+        order = torch.randperm(len(self.source), generator=g)
+        fetch = self.source.batches(order, self.cfg.batch_size, self.steps_per_epoch)
         losses = []
         bar = tqdm(range(self.steps_per_epoch), desc=f"{self.cfg.method} ep {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for i in bar:
             t0 = time.perf_counter()
-            batch = self.batch(order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
+            batch = self.batch(*next(fetch))  # waits here when a streamed batch is not ready yet
             self.sync()
             t1 = time.perf_counter()
             out = self.step(batch)
@@ -232,6 +246,9 @@ class Trainer:
         while self.state.epoch < self.cfg.epochs and self.state.status == "ok":
             self.run_epoch(self.state.epoch)
             self.state.epoch += 1
+            if self.monitor and self.state.status != "diverged":
+                final = self.state.epoch == self.cfg.epochs or self.state.status != "ok"
+                self.monitor.after_epoch(self.state.epoch, final, self.state.history)
             self.save()
         if self.device.type == "cuda":
             self.meter.peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -244,4 +261,4 @@ class Trainer:
         return {"steps": self.state.step, "epochs": self.state.epoch, "steps_per_epoch": self.steps_per_epoch,
                 "autocast_bf16": self.amp,
                 "lr": self.cfg.recipe.scaled_lr(self.cfg.batch_size), "warmup_steps": min(warmup, self.total_steps // 10),
-                "history": self.state.history}
+                "history": self.state.history, **({"monitor_s": round(self.monitor.seconds, 2)} if self.monitor else {})}

@@ -89,6 +89,8 @@ class Method(nn.Module):
     quick_budget: ClassVar[bool] = False
     # Datasets on which the CI regression suite (repbench check) runs it.
     ci_datasets: ClassVar[tuple[str, ...]] = ()
+    # Reads batch.labels: then it trains on the labelled images only (never on STL-10's unlabeled split, label -1).
+    uses_labels: ClassVar[bool] = False
 
     cfg: Any
     encoder: nn.Module

@@ -60,6 +60,7 @@ class CLIP(Method, TextTower):
     # so 5e-4 is kept as the base rate for batch 256.
     paper_recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), warmup_epochs=0.16)
     search_space = (Knob("init_temperature", 0.02, 0.2, log=True),)
+    uses_labels = True  # the class-name captions of a dataset without captions come from batch.labels
 
     def __init__(self, ctx: Context, cfg: CLIPConfig) -> None:
         super().__init__(cfg)

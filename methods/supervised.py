@@ -30,6 +30,7 @@ class Supervised(Method):
     quick_budget = True
     # The supervised reference: labels, one view, no state across steps.
     ci_datasets = ("digits",)
+    uses_labels = True
 
     def __init__(self, ctx: Context, cfg: SupervisedConfig) -> None:
         super().__init__(cfg)

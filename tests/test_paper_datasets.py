@@ -73,6 +73,7 @@ def write_stl10(root: Path, n_train: int = 100, n_test: int = 50) -> tuple[Path,
         (d / f"{split}_y.bin").write_bytes((y + 1).astype(np.uint8).tobytes())
         if split == "train":
             train_x = x
+    (d / "unlabeled_X.bin").write_bytes(_images(np.zeros(20, int), (3, 96, 96)).tobytes())
     return root, train_x
 
 

@@ -50,4 +50,10 @@ def preset_config(a: argparse.Namespace) -> RunConfig:
     cfg = presets.to_config(data, f"{name}+custom" if changed else name)
     size = a.image_size or cfg.image_size or image_size(0) or None
     return replace(cfg, seed=a.seed or 0, device=a.device, per_class=a.per_class, test_per_class=a.test_per_class,
-                   deterministic=a.deterministic, image_size=size)
+                   deterministic=a.deterministic, image_size=size, **monitor_flags(a))
+
+
+def monitor_flags(a: argparse.Namespace) -> dict:
+    """--knn-every and --online-linear where given: they replace a preset's (or suite's) values; they only measure."""
+    return {**({"knn_every": a.knn_every} if a.knn_every is not None else {}),
+            **({"online_linear": True} if a.online_linear else {})}

@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="results directory (default results/)")
     p.add_argument("--resume", action="store_true", help="continue from each run's last checkpoint")
     p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms; same record twice on CPU")
+    p.add_argument("--knn-every", type=int_range(0, 100_000), metavar="N",
+                   help="kNN (protocol_args.knn settings) every N epochs and after the last, reported at the last and "
+                        "the best epoch (monitor_knn); 0 off (default, or the preset's)")
+    p.add_argument("--online-linear", action="store_true",
+                   help="train a linear head online on the encoder's detached features, scored every epoch (online_linear)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     preset_flags.add_arguments(p)
 
@@ -71,7 +76,8 @@ def single_config(a: argparse.Namespace) -> RunConfig:
     return RunConfig(method=a.method, dataset=a.dataset, backbone=a.backbone or "convnet", epochs=a.epochs or 1,
                      batch_size=a.batch_size or 256, seed=a.seed or 0, device=a.device, recipe=recipe, recipe_name=name,
                      method_args=parse_method_args(a.method_arg), per_class=a.per_class,
-                     test_per_class=a.test_per_class, deterministic=a.deterministic, image_size=given_image_size(a))
+                     test_per_class=a.test_per_class, deterministic=a.deterministic, image_size=given_image_size(a),
+                     **preset_flags.monitor_flags(a))
 
 
 def given_image_size(a: argparse.Namespace) -> int | None:
@@ -83,7 +89,8 @@ def suite_configs(a: argparse.Namespace) -> list[RunConfig]:
     given = [f"--{f.replace('_', '-')}" for f in SINGLE_RUN_FLAGS if vars(a)[f] is not None]
     if given:
         raise UsageError(f"--suite fixes its own configs; drop {', '.join(given)} or run without --suite")
-    return [replace(c, device=a.device, deterministic=a.deterministic or c.deterministic) for c in SUITES.get(a.suite)()]
+    return [replace(c, device=a.device, deterministic=a.deterministic or c.deterministic, **preset_flags.monitor_flags(a))
+            for c in SUITES.get(a.suite)()]
 
 
 def given_configs(a: argparse.Namespace) -> list[RunConfig]:

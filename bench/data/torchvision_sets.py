@@ -3,9 +3,13 @@
 The folder is ``--data-root`` (or ``$REPBENCH_DATA``, or the download cache), holding torchvision's layout
 (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_binary/``) or being that folder itself.
 
-STL-10: ``stl10`` trains (pre-training and probes) on the 5,000 labelled ``train`` images and tests on the 8,000
-``test`` images. The 100,000-image ``unlabeled`` split is not loaded: the harness pre-trains on the split its
-probes fit, and every probe needs labels in [0, C).
+STL-10: ``stl10`` pre-trains on the 5,000 labelled ``train`` images plus the 100,000 ``unlabeled`` ones
+(``Dataset.unlabeled_x``, read from ``unlabeled_X.bin`` through torchvision; a method that reads labels trains on
+the labelled ones only), fits its probes on ``train`` and tests on the 8,000 ``test`` images. The unlabeled split
+is kept as torchvision gives it, a transposed view of the column-major file: no second 2.8 GB copy. Without
+``unlabeled_X.bin`` the load is refused (``repbench data fetch stl10`` downloads the whole archive).
+
+``--data-root`` may also be a prepared store of the same dataset (``bench.data.prepared``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100, STL10
 
 from bench.core.errors import UsageError
-from bench.data import Dataset
+from bench.data import Dataset, prepared
 from bench.data.roots import candidates, download_root
 
 # Published per-channel statistics of the training splits (what the papers' code normalises with).
@@ -50,8 +54,15 @@ class _Cifar100(CIFAR100):
 
 
 class _Stl10(STL10):
-    # The unlabelled split's file is not needed: only the train and test splits are read.
+    # The train and test splits need only their own files (unlabeled_X.bin is checked apart, with its own advice).
     train_list, test_list = _unchecked(STL10.train_list[:2]), _unchecked(STL10.test_list)
+
+
+class _Stl10Unlabeled(STL10):
+    train_list, test_list = _unchecked(STL10.train_list), _unchecked(STL10.test_list)
+
+
+STL10_UNLABELED = STL10.train_list[2][0]
 
 
 @dataclass(frozen=True)
@@ -135,37 +146,55 @@ def _stl_classes(d: _Stl10) -> list[str]:
     return names if names else STL10_CLASSES
 
 
-def load(name: str, data_root: str | None, norm=None) -> Dataset:
+def _unlabeled(spec: Spec, root: Path, cand: Path) -> torch.Tensor:
+    """STL-10's unlabeled split (U, 3, 96, 96) uint8, or one line naming the missing file and how to get it."""
+    if not (root / spec.folder / STL10_UNLABELED).is_file():
+        raise UsageError(f"STL-10 folder {root / spec.folder} lacks {STL10_UNLABELED} (the 100,000 unlabeled images stl10 "
+                         "pre-trains on); run 'repbench data fetch stl10' or copy it from stl10_binary.tar.gz")
+    try:
+        x = _Stl10Unlabeled(str(root), split="unlabeled").data
+    except CORRUPT as err:
+        raise UsageError(f"STL-10 file {root / spec.folder / STL10_UNLABELED} is corrupt ({type(err).__name__}: {err}); "
+                         f"{spec.hint()}") from None
+    return torch.from_numpy(x)
+
+
+def load(name: str, data_root: str | None, norm=None, image_size: int | None = None) -> Dataset:
+    """``image_size`` only checks a prepared store's size; ``load_dataset`` resizes the others."""
+    if prepared.is_store(data_root):
+        return prepared.load(data_root, name, image_size)
     spec = SPECS[name]
     cand, root = _find(spec, data_root)
     tr_x, tr_y, classes = _read(spec, root, cand, "train")
     te_x, te_y, _ = _read(spec, root, cand, "test")
     return Dataset(name, torch.from_numpy(np.ascontiguousarray(tr_x)), torch.from_numpy(tr_y),
                    torch.from_numpy(np.ascontiguousarray(te_x)), torch.from_numpy(te_y), classes, source=str(cand),
-                   norm=norm)
+                   norm=norm, unlabeled_x=_unlabeled(spec, root, cand) if name == "stl10" else None)
 
 
-def cifar10(data_root: str | None = None) -> Dataset:
+def cifar10(data_root: str | None = None, image_size: int | None = None) -> Dataset:
     """CIFAR-10: 50k/10k 32x32 colour images, 10 classes; normalised with the published statistics."""
-    return load("cifar10", data_root, CIFAR10_NORM)
+    return load("cifar10", data_root, CIFAR10_NORM, image_size)
 
 
-def cifar100(data_root: str | None = None) -> Dataset:
+def cifar100(data_root: str | None = None, image_size: int | None = None) -> Dataset:
     """CIFAR-100: 50k/10k 32x32 colour images, 100 fine classes; normalised with the published statistics."""
-    return load("cifar100", data_root, CIFAR100_NORM)
+    return load("cifar100", data_root, CIFAR100_NORM, image_size)
 
 
-def stl10(data_root: str | None = None) -> Dataset:
-    """STL-10: 5k labelled train / 8k test 96x96 colour images, 10 classes; statistics of its train split."""
-    return load("stl10", data_root)
+def stl10(data_root: str | None = None, image_size: int | None = None) -> Dataset:
+    """STL-10: 5k labelled train + 100k unlabeled / 8k test 96x96 colour images, 10 classes; its train split's
+    statistics."""
+    return load("stl10", data_root, image_size=image_size)
 
 
 def fetch(name: str) -> str:
     """Keep a copy already found; else download with torchvision (which checks the MD5s) into the cache."""
     spec = SPECS[name]
     try:
-        cand, _ = _find(spec, None)
-        return f"{spec.title} already in {cand}"
+        cand, root = _find(spec, None)
+        if name != "stl10" or (root / spec.folder / STL10_UNLABELED).is_file():
+            return f"{spec.title} already in {cand}"
     except UsageError:
         pass
     root = download_root()
