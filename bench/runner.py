@@ -84,7 +84,8 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     validate(cfg)
     ds = ds or load_dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class, cfg.image_size)
     if cfg.batch_size > len(ds.train_y):
-        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(ds.train_y)} training images; lower it")
+        raise UsageError(f"batch size {cfg.batch_size} is larger than the {len(ds.train_y)} training images; lower it "
+                         "(--batch-size, or --set batch_size=N with a preset or table)")
     check_before_training(cfg, ds)
     method = build_method(cfg, ds)
     run_dir = run_dir_for(cfg, out)

@@ -52,7 +52,9 @@ def test_table_rows_exist_and_share_dataset_and_metric(name):
     rows = [presets.read(presets.path_of(p)) for p in table.presets]
     assert table.title and table.source and rows
     assert len({r["dataset"] for r in rows}) == 1
-    assert len({r["published"]["metric"] for r in rows}) == 1
+    # One metric per table, except a table gathering several papers, whose notes say which row reports what.
+    metrics = {r["published"]["metric"] for r in rows}
+    assert len(metrics) == 1 or (name.startswith("papers-") and "metric" in table.notes)
 
 
 def test_lightly_tables_have_the_seven_methods_of_their_budget(cli):
