@@ -16,3 +16,18 @@ def cli(capsys):
         return code, out.out, out.err
 
     return call
+
+
+@pytest.fixture
+def refused():
+    """Assert a CLI call was refused as bad input: exit 2, one line naming ``fragment``, no output, nothing written."""
+
+    def check(result: tuple[int, str, str], fragment: str, out_dir) -> None:
+        code, out, err = result
+        assert "Traceback" not in err
+        assert err.startswith("repbench: error: ") and err.count("\n") == 1, err
+        assert fragment in err, err
+        assert (code, out) == (2, "")
+        assert not out_dir.exists()
+
+    return check
