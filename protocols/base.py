@@ -14,7 +14,7 @@ Data a protocol cannot use, by one rule for every protocol:
 - Valid data that cannot support one result is that entry skipped: ``{"skipped": "<reason>"}`` and nothing else
   (protocols.limits.skipped), the reason one line saying what is needed, what the data has, and the fix; the
   harness says each once on stderr and the other entries go on. Causes: too few images in a class for a few-shot
-  setting (k labelled + 1 to validate), under 2 training samples for the linear probe's validation split, and
+  setting (fewer images in a class than the setting labels), under 2 training samples for the linear probe, and
   memory: each protocol states a formula for what it allocates and checks it against the budget
   (protocols.limits.memory_budget) before allocating anything, never trying the allocation.
 - Refused up front instead (UsageError before anything is computed or trained) when a protocol the user asked for

@@ -69,8 +69,9 @@ def with_labels(train_labels, test_labels, **test_kw) -> tuple[Features, Feature
 
 
 def fewshot_skips(smallest_class: int) -> set[str]:
-    """Few-shot settings the smallest training class cannot serve: k labelled images plus one to validate."""
-    needs = {"fewshot_1pct": 2, "fewshot_10pct": 2, "fewshot_1shot": 2, "fewshot_5shot": 6, "fewshot_10shot": 11}
+    """Few-shot settings the smallest training class cannot serve: its k labelled images (no more: lambda is chosen
+    inside them)."""
+    needs = {"fewshot_1pct": 1, "fewshot_10pct": 1, "fewshot_1shot": 1, "fewshot_5shot": 5, "fewshot_10shot": 10}
     return {key for key, n in needs.items() if smallest_class < n}
 
 
@@ -115,13 +116,13 @@ def _constant_features():
 
 DATA = [
     Data("n1", lambda: pair([1], [3]), {"linear": {"linear"}, "fewshot": FEWSHOT_KEYS}),
-    Data("n2", lambda: pair([1, 1], [2, 2]), {"fewshot": FEWSHOT_KEYS}),
-    Data("one-class", lambda: pair([20], [5])),
+    Data("n2", lambda: pair([1, 1], [2, 2]), {"fewshot": fewshot_skips(1)}),
+    Data("one-class", lambda: pair([20], [5]), {"fewshot": {"fewshot_1pct", "fewshot_1shot"}}),  # 1 labelled image
     *[Data(f"{k}-per-class", lambda k=k: pair([k] * 3, [4] * 3), {"fewshot": fewshot_skips(k)}) for k in range(1, 6)],
     Data("d1", lambda: pair([10] * 3, [4] * 3, d=1), {"fewshot": fewshot_skips(10)}),
     Data("labels-not-contiguous", lambda: with_labels([0] * 5 + [2] * 5, [0, 2, 2]), {"fewshot": fewshot_skips(5)}),
     Data("class-only-in-test", lambda: with_labels([0] * 5 + [1] * 5, [0, 1, 2]), {"fewshot": fewshot_skips(5)}),
-    Data("fewer-train-samples-than-classes", lambda: with_labels([0, 1], [0, 1, 2, 2]), {"fewshot": FEWSHOT_KEYS}),
+    Data("fewer-train-samples-than-classes", lambda: with_labels([0, 1], [0, 1, 2, 2]), {"fewshot": fewshot_skips(1)}),
     Data("constant-features", _constant_features),
     Data("train-label-2**40", lambda: with_labels([0, 1] * 4 + [2**40], [0, 1]), refuse=str(2**40)),
     Data("test-label-2**40", lambda: with_labels([0, 1] * 4, [0, 2**40]), refuse=str(2**40)),
@@ -171,7 +172,7 @@ def test_protocol_on_small_or_hostile_data(name, data):
 def test_fewshot_reason_says_what_is_needed_and_what_the_data_has():
     out = PROTOCOLS.get("fewshot")(*pair([9, 3, 9], [2, 2, 2]))
     reason = out["fewshot_5shot"]["skipped"]
-    assert "6" in reason and "class 1 has 3" in reason, reason
+    assert "needs 5" in reason and "class 1 has 3" in reason, reason
     assert "top1" in out["fewshot_1shot"]
 
 
@@ -337,11 +338,13 @@ CLI_CASES = [
         fragment="REPBENCH_MEMORY_BUDGET"),
     Cli("budget-zero", TRAIN, TEST, ("--protocols", "knn"), (("REPBENCH_MEMORY_BUDGET", "0"),),
         fragment="REPBENCH_MEMORY_BUDGET"),
-    Cli("fewshot-one-per-class", arrays([1, 1, 1]), TEST, ("--protocols", "fewshot"), fragment="fewshot"),
+    Cli("fewshot-one-image", arrays([1]), arrays([3], seed=1), ("--protocols", "fewshot"), fragment="fewshot"),
+    Cli("fewshot-one-per-class", arrays([1, 1, 1]), TEST, ("--protocols", "fewshot"),
+        skipped=frozenset({"fewshot_5shot", "fewshot_10shot"})),
     Cli("linear-one-sample", arrays([1]), arrays([3], seed=1), ("--protocols", "linear"), fragment="linear"),
     Cli("one-sample-default-protocols", arrays([1]), arrays([3], seed=1), fragment="needs"),
     Cli("fewshot-five-per-class", arrays([5, 5, 5]), TEST, ("--protocols", "fewshot"),
-        skipped=frozenset({"fewshot_5shot", "fewshot_10shot"})),
+        skipped=frozenset({"fewshot_10shot"})),
     Cli("knn-k-above-train-size", arrays([4, 4, 4]), TEST, ("--protocols", "knn")),
     Cli("linear-two-samples", arrays([1, 1]), arrays([2, 2], seed=1), ("--protocols", "linear")),
 ]
@@ -387,19 +390,26 @@ def test_refusals_name_the_file(cli, tmp_path):
 TINY = ["--dataset", "digits", "--test-per-class", "5", "--epochs", "1", "--batch-size", "50", "--no-progress"]
 
 
-def test_run_with_too_few_images_for_some_shots_finishes_with_them_skipped(cli, tmp_path):
-    code, _, err = cli("run", "--method", "simclr", *TINY, "--per-class", "5", "--protocols", "fewshot",
-                       "--out", tmp_path)
+@pytest.mark.parametrize("per_class,skips", [("5", {"fewshot_10shot"}), ("1", {"fewshot_5shot", "fewshot_10shot"})])
+def test_run_with_too_few_images_for_some_shots_finishes_with_them_skipped(cli, tmp_path, per_class, skips):
+    code, _, err = cli("run", "--method", "simclr", *TINY, "--batch-size", "10", "--per-class", per_class,
+                       "--protocols", "fewshot", "--out", tmp_path)
     assert code == 0, err
     (record,) = tmp_path.rglob("record.json")
     metrics = json.loads(record.read_text())["metrics"]
-    assert {k for k, e in metrics.items() if _is_skip(e)} == {"fewshot_5shot", "fewshot_10shot"}
+    assert {k for k, e in metrics.items() if _is_skip(e)} == skips
     assert "top1" in metrics["fewshot_1shot"]
-    assert sum("repbench: skipped fewshot_5shot" in line for line in err.splitlines()) == 1, err
+    assert sum("repbench: skipped fewshot_10shot" in line for line in err.splitlines()) == 1, err
 
 
-def test_run_whose_named_protocol_cannot_run_is_refused_before_training(cli, tmp_path):
-    # 1 image per class: no few-shot setting has an image left to validate on; nothing is computed or written.
+def test_run_whose_named_protocol_cannot_run_is_refused_before_training(cli, tmp_path, monkeypatch):
+    # 1 image per class and few-shot asked for 5 shots only: nothing is computed or written.
+    import functools
+
+    import protocols.fewshot as fs
+    from protocols import LIMITS
+
+    monkeypatch.setitem(LIMITS._entries, "fewshot", functools.partial(fs.limits, fractions=(), shots=(5,)))
     code, stdout, err = cli("run", "--method", "raw", "--dataset", "digits", "--per-class", "1", "--batch-size", "10",
                             "--protocols", "knn,fewshot", "--out", tmp_path / "out", "--no-progress")
     assert code == 2 and err.startswith("repbench: error: ") and err.count("\n") == 1, err

@@ -1,17 +1,19 @@
-"""Linear probe: the solver against scikit-learn, the CLIP_benchmark search order, batching, few-shot, edge cases."""
+"""Linear probe: the solver against scikit-learn, the CLIP_benchmark search order, cross-validation on small sets,
+batching, few-shot, edge cases."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
 import protocols.linear as lin
 import protocols.solvers.lbfgs as lbfgs
 import protocols.solvers.products as products_module
 from protocols import PROTOCOLS
 from protocols.base import Features
+from protocols.solvers.folds import stratified_folds
 from protocols.solvers.logreg import Problem, from_span, predict_logits, span_basis, to_span, with_bias
 from protocols.solvers.products import Products, dithered_bf16, product_dtype, transposed
 
@@ -124,8 +126,64 @@ def test_protocol_within_half_a_point_of_sklearn(digits):
     assert abs(out["top1"] - sk.score(xt.numpy(), yt.numpy())) <= 0.005
     assert out["top1"] > 0.9 and 0 < out["top5"] <= 1
     assert out["regularisation"] in lin.GRID and out["n_train"] + out["n_val"] == len(x)
-    for field in ("val_fraction", "seed", "grid", "search", "normalised", "tol", "max_iter", "matmul_dtype"):
+    for field in ("selection", "seed", "grid", "search", "normalised", "tol", "max_iter", "matmul_dtype"):
         assert field in out
+
+
+def test_small_set_chooses_lambda_by_cross_validation_as_logistic_regression_cv(digits):
+    x, y, xt, yt = digits
+    out = PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt))["linear"]
+    assert len(x) <= lin.SMALL_ROWS and out["selection"] == "stratified 5-fold cross-validation"
+    assert out["cv_folds"] == 5 and out["n_train"] == len(x) and out["refit"] == "train"
+    # scikit-learn's own choice of C by 5-fold CV (7 values: its default 10 takes twice as long, same choice here).
+    sk = LogisticRegressionCV(Cs=7, cv=5).fit(x.numpy(), y.numpy())
+    assert out["top1"] >= sk.score(xt.numpy(), yt.numpy()) - 0.005
+
+
+def test_large_set_keeps_the_validation_split(digits, monkeypatch):
+    x, y, xt, yt = digits
+    monkeypatch.setattr(lin, "SMALL_ROWS", len(x) - 1)
+    out = PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt), seed=3)["linear"]
+    assert out["selection"] == "validation split" and out["refit"] == "train+val" and "cv_folds" not in out
+    assert out["n_val"] == math.ceil(0.2 * len(x)) and out["val_fraction"] == 0.2
+
+
+def test_a_class_seen_once_falls_back_to_the_split():
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.arange(40) % 3, torch.tensor([3])])
+    x = torch.randn(4, 6, generator=g)[y] * 2 + torch.randn(41, 6, generator=g)
+    out = PROTOCOLS.get("linear")(Features(x, y), Features(x, y))["linear"]
+    assert out["selection"] == "validation split"
+
+
+def test_stratified_folds_validate_every_row_once_with_equal_fitting_sets():
+    y = np.array([0] * 7 + [1] * 5 + [2] * 9)
+    fit, val = stratified_folds([y, y[::-1].copy()], 3, seed=0)
+    assert fit.shape == (6, 14) and val.shape == (6, 7)
+    for group in (0, 1):
+        rows = val[3 * group:3 * group + 3]
+        rows = rows[rows >= 0]
+        assert sorted(rows.tolist()) == list(range(len(y)))  # each row validated exactly once
+        for i in range(3 * group, 3 * group + 3):
+            assert not set(fit[i].tolist()) & set(val[i].tolist())
+            assert set(np.unique(y[fit[i]] if group == 0 else y[::-1][fit[i]])) == {0, 1, 2}
+
+
+def test_sweep_pools_the_folds_of_one_set(monkeypatch):
+    # Two folds of one set: alone they peak at grid index 20 and 70; weighted by their validation rows (3 and 1)
+    # the set peaks near 20, and both folds get that one value.
+    accs = [lambda i: 0.9 - abs(i - 20) / 200, lambda i: 0.9 - abs(i - 70) / 200]
+    monkeypatch.setattr(lin, "fit", lambda p, lam, w0=None, **kw: (lam[..., None, None].expand(*lam.shape, 2, 2), {}))
+    monkeypatch.setattr(lin, "predict_logits", lambda w, x: w[..., :1, :1].expand(*w.shape[:-2], x.shape[-2], 2))
+    index = {float(torch.tensor(v, dtype=torch.float32)): i for i, v in enumerate(lin.GRID)}
+    monkeypatch.setattr(lin, "_val_top1", lambda w_logits, y: torch.tensor(
+        [[accs[b](index[float(v)]) for v in row[:, 0, 0].tolist()] for b, row in enumerate(w_logits)]))
+    val_y = torch.tensor([[0, 1, 0], [1, -1, -1]])
+    peak, _, log = lin.sweep(None, torch.zeros(2, 3, 2), val_y, max_iter=1, tol=1.0, folds=2)
+    assert peak[0] == peak[1] and abs(peak[0] - 20) <= 2
+    assert log["val_top1"][0] == pytest.approx((3 * accs[0](peak[0]) + accs[1](peak[0])) / 4)
+    alone, _, _ = lin.sweep(None, torch.zeros(2, 3, 2), val_y, max_iter=1, tol=1.0)
+    assert abs(alone[1] - 70) <= 2  # unpooled, the second fold keeps its own peak
 
 
 def test_bfloat16_products_reach_the_float32_optimum(digits):
@@ -188,7 +246,7 @@ def test_fewshot_settings_and_draws(digits):
     x, y, xt, yt = digits
     out = PROTOCOLS.get("fewshot")(Features(x, y), Features(xt, yt), draws=2)
     assert set(out) == {"fewshot_1pct", "fewshot_10pct", "fewshot_1shot", "fewshot_5shot", "fewshot_10shot"}
-    assert out["fewshot_5shot"]["n_labelled"] == 50 and out["fewshot_5shot"]["n_val"] == 50
+    assert out["fewshot_5shot"]["n_labelled"] == 50 and "n_val" not in out["fewshot_5shot"]
     assert out["fewshot_10pct"]["n_labelled"] == sum(round(n * 0.1) for n in np.bincount(y.numpy()))
     assert len(out["fewshot_1shot"]["top1_draws"]) == 2
     # More labels help (on average over draws; digits is easy enough for this to hold by a wide margin).

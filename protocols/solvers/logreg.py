@@ -137,6 +137,13 @@ def from_span(w: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torch.Ten
     return torch.cat([weights, w[:, -1:] - mean @ weights], 1)
 
 
+def into_span(w: torch.Tensor, mean: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Data-space weights -> span coordinates (the inverse of ``from_span`` for weights inside the span; the part
+    outside is dropped, which only a warm start sees). Shape: w (B, D+1, C) -> (B, N+1, C)."""
+    weights = w[:, :-1]
+    return torch.cat([q.transpose(1, 2) @ weights, w[:, -1:] + mean @ weights], 1)
+
+
 def predict_logits(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Shape: w (..., D+1, C) (last row the bias), x (..., M, D) -> (..., M, C), batch dimensions broadcast."""
     if w.dim() == 4 and x.dim() == 4 and x.shape[1] == 1 < w.shape[1]:
