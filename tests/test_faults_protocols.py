@@ -402,18 +402,16 @@ def test_run_with_too_few_images_for_some_shots_finishes_with_them_skipped(cli, 
     assert sum("repbench: skipped fewshot_10shot" in line for line in err.splitlines()) == 1, err
 
 
-def test_run_whose_named_protocol_cannot_run_is_refused_before_training(cli, tmp_path, monkeypatch):
-    # 1 image per class and few-shot asked for 5 shots only: nothing is computed or written.
-    import functools
+def test_run_whose_named_protocol_cannot_run_is_refused_before_training(tmp_path):
+    # 1 image per class and few-shot asked (by its settings) for 5 shots only: nothing is computed or written.
+    from bench.config import RunConfig
+    from bench.core.errors import UsageError
+    from bench.runner import run_one
 
-    import protocols.fewshot as fs
-    from protocols import LIMITS
-
-    monkeypatch.setitem(LIMITS._entries, "fewshot", functools.partial(fs.limits, fractions=(), shots=(5,)))
-    code, stdout, err = cli("run", "--method", "raw", "--dataset", "digits", "--per-class", "1", "--batch-size", "10",
-                            "--protocols", "knn,fewshot", "--out", tmp_path / "out", "--no-progress")
-    assert code == 2 and err.startswith("repbench: error: ") and err.count("\n") == 1, err
-    assert "fewshot" in err and "--protocols" in err, err
+    cfg = RunConfig(method="raw", dataset="digits", per_class=1, batch_size=10, protocols=("knn", "fewshot"),
+                    protocol_args={"fewshot": {"fractions": [], "shots": [5]}})
+    with pytest.raises(UsageError, match="fewshot.*--protocols"):
+        run_one(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
