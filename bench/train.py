@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench import collapse
 from bench.augment import Augmenter
 from bench.config import RunConfig
 from bench.core.device import native_bf16
@@ -33,10 +34,7 @@ from bench.store import load_checkpoint, remove_stale_temps, save_checkpoint
 from methods.base import Batch, Method, TextTower
 
 CHECKPOINT = "checkpoint.pt"
-# Healthy L2-normalised embeddings have a per-dimension std near 1/sqrt(D) (SimSiam, Chen & He 2021, Sec. 4.1),
-# so std x sqrt(D) is ~1; a collapsed one is ~0. Freshly initialised projection heads already sit at ~0.03
-# (their outputs share a large common direction), so the alarm is set below that: 100x under healthy.
-COLLAPSE_STD_RATIO = 0.01
+COLLAPSE_STD_RATIO = collapse.STD_RATIO_MIN  # the name tests and callers know
 
 
 @dataclass
@@ -99,17 +97,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
-    """Std of L2-normalised embeddings x sqrt(D) (1 healthy, 0 collapsed) and effective rank (Roy & Vetterli 2007)."""
+    """The collapse signals (bench/collapse.py) of the method's ``collapse_outputs`` on the probe, in eval mode."""
     was = method.training
     method.eval()
-    z = method.embed(probe).float()
+    outputs = method.collapse_outputs(probe)
     method.train(was)
-    z = torch.nn.functional.normalize(z, dim=1)
-    std_ratio = float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
-    s = torch.linalg.svdvals(z - z.mean(0))
-    p = s / s.sum().clamp_min(1e-12)
-    erank = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-    return {"embed_std_ratio": round(std_ratio, 4), "effective_rank": round(erank, 2)}
+    return collapse.signals(outputs)
 
 
 class Trainer:
@@ -234,10 +227,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{self.meter.summary()['images_per_s']:.0f}")
         entry = {"epoch": epoch + 1, "step": self.state.step, "loss": float(np.mean(losses)),
                  "lr": self.opt.param_groups[0]["lr"], **collapse_stats(self.method, self.probe)}
+        previous = self.state.history[-1] if self.state.history else None
         self.state.history.append(entry)
-        if entry["embed_std_ratio"] < COLLAPSE_STD_RATIO:
-            self.state.status = "collapsed"
-            self.state.status_detail = {"epoch": epoch + 1, "embed_std_ratio": entry["embed_std_ratio"]}
+        collapsed, reason = collapse.verdict(entry, previous)
+        if collapsed:
+            self.state.status, self.state.status_detail = "collapsed", {"reason": reason, **entry}
 
     def fit(self, resume: bool = False) -> TrainState:
         if resume:

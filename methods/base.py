@@ -112,8 +112,14 @@ class Method(nn.Module):
         """Called after each optimiser step; ``step`` counts from 1 to ``total``."""
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The embedding the collapse watchdog watches (the loss's input, by default the encoder's)."""
+        """The embedding the loss sees (by default the encoder's output)."""
         return self.encoder(images)
+
+    def collapse_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the collapse watchdog measures (bench/collapse.py): ``embedding`` (N, D), the raw output the loss
+        sees (``embed``); a method with softmax targets adds ``teacher_probs`` and ``student_probs`` (N, K) as its
+        loss forms them."""
+        return {"embedding": self.embed(images)}
 
     def extra_metrics(self, test_images: torch.Tensor) -> dict[str, dict[str, Any]]:
         """Method-specific evaluation (e.g. reconstruction MSE); empty by default."""
