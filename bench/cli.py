@@ -14,8 +14,9 @@ from bench.core.errors import UsageError
 
 # name -> (module, one-line help, longer description or "")
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "ablate": ("bench.commands.ablate", "run an ablation grid (recipe, simclr-head, moco-momentum, dino-centering, "
-               "augment, batch, floors, smoke, quick-ablation)", ""),
+    "ablate": ("bench.commands.ablate", "run an ablation grid (recipe, augment, batch, floors, quick-ablation, and the "
+               "papers' own: simclr-head, simclr-temperature, moco-momentum, dino-centering, simsiam-stopgrad, "
+               "byol-predictor, mae-mask-ratio)", ""),
     "check": ("bench.commands.check", "CI regression check: run the ci suite, compare every metric with "
               "results/baselines/ci.json", "Exit 0: every metric within its tolerance "
               "(bench/experiments/tolerances.toml); exit 1: one 'REGRESSION' line per metric that moved; --update "
@@ -25,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "the protocols on frozen features", ""),
     "eval-features": ("bench.commands.eval_features", "evaluate features from .npz files (x (N, D), y (N,)) with "
                       "the k-NN, linear, K-Means and few-shot protocols", ""),
-    "list": ("bench.commands.list", "list registered methods, protocols, datasets, backbones or suites", ""),
+    "list": ("bench.commands.list", "list registered methods, protocols, datasets, backbones, suites, presets or tables", ""),
     "plot": ("bench.commands.plot", "draw a finished run's reconstructions and decoded interpolations (methods "
              "with a decoder) as a PNG", ""),
     "reproduce": ("bench.commands.reproduce", "run (or reuse) every cell of a published table and write it beside the "

@@ -22,7 +22,7 @@ from bench.core.errors import UsageError
 from methods.backbones import build_backbone
 from methods.base import Batch, Context, Decoder, Method
 from methods.losses.reconstruction import mae_loss, normalise_patches
-from methods.spec import MAX_DEPTH, MAX_DIM, Knob, Recipe, ViewConfig, opt
+from methods.spec import MAX_DEPTH, MAX_DIM, Ablation, Knob, Recipe, ViewConfig, cell, opt
 from methods.vit import patchify, random_masking, sincos_2d, transformer, unpatchify
 
 
@@ -71,6 +71,10 @@ class MAE(Method, Decoder):
     paper_recipe = Recipe(optimizer="adamw", lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40)
     required_backbone = "vit"
     search_space = (Knob("mask_ratio", 0.5, 0.9),)
+    ablations = {"mae-mask-ratio": Ablation(
+        cells=tuple(cell(f"mask={r}", mask_ratio=r) for r in (0.25, 0.5, 0.75, 0.9)),
+        claim="He et al. 2022 Fig. 5 (ViT-L, 800 epochs): linear-probe accuracy rises steadily with the mask ratio "
+              "up to the 75% sweet spot and falls beyond it; fine-tuning is flat from 40% to 80%")}
 
     def __init__(self, ctx: Context, cfg: MAEConfig) -> None:
         super().__init__(cfg)

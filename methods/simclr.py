@@ -32,10 +32,16 @@ class SimCLR(Projected):
     # Paper: LARS, lr 0.3 x bs/256, wd 1e-6, 10 warm-up epochs (App. B.6 for CIFAR uses the same rule).
     paper_recipe = Recipe(optimizer="lars", lr=0.3, weight_decay=1e-6, warmup_epochs=10)
     search_space = (Knob("out_dim", choices=(64, 128, 256)),)
-    ablations = {"simclr-head": Ablation(
-        cells=(cell("head=none", head="none"), cell("head=linear", head="linear"), cell("head=mlp", head="mlp"),
-               *(cell(f"head=mlp T={t}", temperature=t) for t in (0.1, 0.2, 1.0))),
-        claim="Chen et al. 2020 Fig. 8: nonlinear head > linear > none (by > 10 points of linear eval)")}
+    ablations = {
+        "simclr-head": Ablation(
+            cells=(cell("head=none", head="none"), cell("head=linear", head="linear"), cell("head=mlp", head="mlp")),
+            claim="Chen et al. 2020 Fig. 8 / Sec. 4.2: a nonlinear head beats a linear one (+3 points of linear "
+                  "eval) and no head by more than 10 points, at every output dimension"),
+        "simclr-temperature": Ablation(
+            cells=tuple(cell(f"T={t}", temperature=t) for t in (0.05, 0.1, 0.5, 1.0)),
+            claim="Chen et al. 2020 Table 5 (L2-normalised NT-Xent, 100 epochs): linear top-1 59.7 / 64.4 / 60.7 / "
+                  "58.0 at T = 0.05 / 0.1 / 0.5 / 1: a middle temperature wins, both ends lose"),
+    }
     quick_budget = True
     # Batch negatives; on 28x28 images too, as the quick suite trains on.
     ci_datasets = ("digits", "fashion-mnist")

@@ -8,6 +8,7 @@ import torch
 
 from bench.experiments import SUITES, ablate, ablate_report
 from bench.runner import validate
+from methods.base import Batch
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +24,14 @@ def test_smoke_grid_table_has_mean_ci_and_n(cli, tmp_path):
     code, out, err = cli("ablate", "--grid", "smoke", "--seeds", 3, "--out", tmp_path)
     assert code == 0, err
     md = (tmp_path / "smoke" / "table.md").read_text()
-    for column in ("kNN top-1 %", "95% bootstrap CI", "|   n |"):
+    for column in ("kNN top-1 %", "95% CI", "n scored / run", "| 3/3 ", "Paired differences"):
         assert column in md
     table = pd.read_csv(tmp_path / "smoke" / "table.csv")
     assert sorted(table["cell"]) == ["head=mlp", "head=none"]
-    assert (table["n"] == 3).all() and (table["seeds"] == 3).all()
+    assert (table["n"] == 3).all() and (table["seeds"] == 3).all() and (table["ci"] == "t").all()
     assert ((table["ci_lo"] <= table["mean"]) & (table["mean"] <= table["ci_hi"])).all()
+    diffs = pd.read_csv(tmp_path / "smoke" / "differences.csv")
+    assert len(diffs) == 1 and diffs.iloc[0]["kind"] == "paired" and diffs.iloc[0]["n"] == 3
     runs = pd.read_csv(tmp_path / "smoke" / "runs.csv")
     assert sorted(runs["seed"].unique()) == [0, 1, 2] and runs["value"].between(0, 1).all()
     assert (tmp_path / "smoke" / "smoke.png").read_bytes()[:4] == b"\x89PNG"
@@ -101,6 +104,34 @@ def test_recipe_report_has_method_vs_engineering(tmp_path):
     assert (mve["method_a"], mve["method_b"]) == ("b", "a")
     assert mve["gap_paper"] == pytest.approx(0.10) and mve["gap_unified"] == pytest.approx(0.04)
     assert mve["recipe_share"] == pytest.approx(0.6) and mve["gap_tuned"] == pytest.approx(-0.01)
+    # Paper and unified cells share seeds 0-2: paired; the tuned runs were given without seeds: Welch, labelled.
+    assert (mve["gap_paper_kind"], mve["gap_paper_n"], mve["gap_paper_verdict"]) == ("paired", 3, "resolved")
+    assert mve["gap_tuned_kind"] == "Welch" and "(Welch)" in text
+    assert set(pd.read_csv(tmp_path / "recipe" / "tuned.csv")["method"]) == {"a", "b"}
+
+
+def _smoke_runs(values: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"grid": "smoke", "method": "simclr", "cell": cell, "recipe": "unified", "seed": s,
+                          "status": "ok" if v == v else "diverged", "value": v}
+                         for cell, vals in values.items() for s, v in enumerate(vals)])
+
+
+def test_a_diverged_seed_shows_as_n_scored_of_n_run_and_drops_from_the_pairs(tmp_path):
+    df = _smoke_runs({"head=none": [0.60, 0.65, 0.70], "head=mlp": [0.62, float("nan"), 0.72]})
+    text = ablate_report.write_grid_report(ablate.Grid("smoke"), df, tmp_path, ablate.SCALES["smoke"])
+    assert "| 2/3 " in text and "| 3/3 " in text and "1/3 diverged" in text
+    diff = pd.read_csv(tmp_path / "smoke" / "differences.csv").iloc[0]
+    assert (diff["a"], diff["b"], diff["n"]) == ("head=mlp", "head=none", 2) and diff["diff"] == pytest.approx(0.02)
+
+
+def test_rewrite_reports_remakes_tables_from_committed_runs_csv(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    _smoke_runs({"head=mlp": [0.60, 0.65, 0.70], "head=none": [0.50, 0.56, 0.61]}).to_csv(tmp_path / "smoke" / "runs.csv")
+    text = ablate_report.rewrite_reports(tmp_path, "smoke")
+    assert "-9.3 [-10.8, -7.9] resolved" in text and "tables remade from the committed runs.csv" in text
+    assert (tmp_path / "smoke" / "table.md").read_text() == text
+    with pytest.raises(ablate.UsageError, match="no runs.csv"):
+        ablate_report.rewrite_reports(tmp_path / "empty", "smoke")
 
 
 def test_parallel_jobs_write_the_same_runs(cli, tmp_path, monkeypatch):
@@ -113,3 +144,52 @@ def test_parallel_jobs_write_the_same_runs(cli, tmp_path, monkeypatch):
     assert set(runs["run_id"]) == expected and (runs["status"] == "ok").all()
     assert runs["value"].between(0, 1).all()
     assert len(list((tmp_path / "runs").rglob("record.json"))) == 6
+
+
+def _method(name: str, **args):
+    from methods import METHODS
+    from methods.base import Context
+
+    cls = METHODS.get(name)
+    torch.manual_seed(0)
+    ctx = Context(in_channels=1, image_size=8, num_classes=3, num_train=60, backbone_args={"widths": (8, 16)})
+    return cls(ctx, cls.Config(**args))
+
+
+def test_collapse_grids_set_their_knobs():
+    scale = ablate.SCALES["collapse"]
+    simsiam = {c.label: c.config for c in ablate.build("simsiam-stopgrad", scale)[0].cells}
+    assert simsiam["no stop-gradient"].method_args == {"stop_gradient": False}
+    assert simsiam["stop-gradient (paper)"].method_args == {}
+    byol = {c.label: c.config for c in ablate.build("byol-predictor", scale)[0].cells}
+    assert byol["no predictor"].method_args == {"predictor": False}
+    temps = [c.config.method_args.get("temperature", 0.5) for c in ablate.build("simclr-temperature", scale)[0].cells]
+    assert temps == [0.05, 0.1, 0.5, 1.0]
+    assert {c.config.epochs for c in ablate.build("dino-centering", scale)[0].cells} == {scale.epochs}
+
+
+def test_simsiam_without_stop_gradient_trains_the_target_branch():
+    """With the predictor's output made input-independent, only the target branch z can carry gradient to the
+    encoder: zero with the stop-gradient, non-zero without it."""
+    x = torch.randn(16, 1, 8, 8)
+    grads = {}
+    for stop in (True, False):
+        m = _method("simsiam", stop_gradient=stop)
+        last = m.predictor[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.normal_(last.bias)
+        loss = m.training_step(Batch(views=[x, x.flip(-1)], images=x, labels=torch.zeros(16, dtype=torch.long),
+                                     index=torch.arange(16)))["loss"]
+        loss.backward()
+        grads[stop] = sum(float(p.grad.abs().sum()) for p in m.encoder.parameters() if p.grad is not None)
+    assert grads[True] == 0.0 and grads[False] > 1e-6
+
+
+def test_byol_without_predictor_regresses_the_target_directly():
+    x = torch.randn(16, 1, 8, 8)
+    batch = Batch(views=[x, x], images=x, labels=torch.zeros(16, dtype=torch.long), index=torch.arange(16))
+    plain, full = _method("byol", predictor=False), _method("byol")
+    assert not any(n.startswith("predictor.") for n, _ in plain.named_parameters())
+    # At step 0 the target is a copy of the online network: on identical views the loss is 0 without a predictor.
+    assert float(plain.training_step(batch)["loss"].detach()) == pytest.approx(0.0, abs=1e-5)
+    assert float(full.training_step(batch)["loss"].detach()) > 0.1

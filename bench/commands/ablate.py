@@ -1,4 +1,4 @@
-"""`repbench ablate`: run an ablation grid with several seeds; mean, bootstrap CI and n per cell."""
+"""`repbench ablate`: an ablation grid over several seeds; mean, 95% t-interval, n scored / run, paired differences."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from bench.store import ensure_writable_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", required=True, help="grid name (recipe, simclr-head, moco-momentum, dino-centering, augment, "
-                   "batch, floors, smoke, quick-ablation)")
+    p.add_argument("--grid", required=True, help="grid name: recipe, augment, batch, floors, smoke, quick-ablation, or a "
+                   "method's paper ablation (simclr-head, simclr-temperature, moco-momentum, dino-centering, "
+                   "simsiam-stopgrad, byol-predictor, mae-mask-ratio)")
     p.add_argument("--seeds", type=int_range(1, 100), default=3, help="seeds per cell, at least 3 (default 3)")
     p.add_argument("--scale", default="quick", choices=sorted(SCALES), help="data and budget (default quick)")
     p.add_argument("--out", default="results/ablations", help="records and tables (default results/ablations)")

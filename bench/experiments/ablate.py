@@ -1,9 +1,12 @@
 """Ablation grids: each a list of cells (a RunConfig made by ``dataclasses.replace``), run with >= 3 seeds.
 
-``repbench ablate --grid NAME [--seeds K] [--scale quick|smoke] [--out DIR] [--tuned RUNS]``. Grids:
+``repbench ablate --grid NAME [--seeds K] [--scale quick|collapse|smoke] [--out DIR] [--tuned RUNS]``. Grids:
 
-- the ablations the methods' papers ran, declared in each method's file (``Method.ablations``): simclr-head
-  (SimCLR), moco-momentum (MoCo v1), dino-centering (DINO); they run under that paper's recipe, as it did;
+- the ablations the methods' papers ran, declared in each method's file (``Method.ablations``, each with its claim
+  and source): simclr-head (SimCLR Fig. 8), simclr-temperature (SimCLR Table 5), moco-momentum (MoCo v1 Sec. 4.1),
+  dino-centering (DINO Sec. 5.3 / Fig. 7), simsiam-stopgrad (SimSiam Fig. 2), byol-predictor (BYOL Table 5a),
+  mae-mask-ratio (MAE Fig. 5); they run under that paper's recipe, as it did. The collapse claims run at the
+  ``collapse`` scale (4x the quick steps); results and verdicts: results/ablations/README.md;
 - ``recipe``: every trainable method under its paper recipe and under the shared unified recipe;
 - ``augment``: crop only / + colour / + blur / + solarize, for every method exposing those knobs;
 - ``batch``: batch size sweep for the methods whose negatives come from the batch or a queue;

@@ -1,5 +1,7 @@
-"""Running an ablation and its tables: mean, 95% bootstrap CI and n per cell, the method-vs-engineering table
-of the recipe grid, one PNG per grid (statistics: bench/stats.py)."""
+"""Running an ablation and its tables: mean, 95% interval and n scored / n run per cell, paired differences between
+the cells of a method, the method-vs-engineering table of the recipe grid, one PNG per grid (bench/stats.py).
+
+Every table is remade from the committed ``<grid>/runs.csv`` (and ``recipe/tuned.csv``) by ``rewrite_reports``."""
 
 from __future__ import annotations
 
@@ -17,7 +19,18 @@ from bench.experiments.ablate import COMPOSITES, Grid, build, check_seeds, seede
 from bench.experiments.scales import SCALES, Scale, backbone_for, metric_of
 from bench.report import load_records
 from bench.runner import Options, run_many
-from bench.stats import cell_table, interval, method_vs_engineering, method_vs_engineering_markdown, pct, plot_cells
+from bench.stats import (
+    MIN_BCA_SEEDS,
+    Scores,
+    cell_differences,
+    cell_table,
+    differences_markdown,
+    interval,
+    method_vs_engineering,
+    method_vs_engineering_markdown,
+    pct,
+    plot_cells,
+)
 from bench.store import atomic_write_bytes
 from methods.spec import UNIFIED_RECIPE
 
@@ -61,18 +74,18 @@ def runs_frame(grid: Grid, seeds: int, records: dict[str, dict[str, Any]]) -> pd
 
 def cells_markdown(table: pd.DataFrame) -> str:
     shown = pd.DataFrame({
-        "method": table["method"], "cell": table["cell"], "n": table["n"],
+        "method": table["method"], "cell": table["cell"],
+        "n scored / run": [f"{n}/{r}" for n, r in zip(table["n"], table["seeds"], strict=True)],
         "kNN top-1 %": [pct(m) for m in table["mean"]],
-        "95% bootstrap CI": [interval(lo, hi) for lo, hi in zip(table["ci_lo"], table["ci_hi"], strict=True)],
-        "± t95": [pct(t) for t in table["t95"]],
-        "flags": table["flags"],
+        "95% CI": [interval(lo, hi) for lo, hi in zip(table["ci_lo"], table["ci_hi"], strict=True)],
+        "CI": table["ci"], "flags": table["flags"],
     })
     return shown.to_markdown(index=False)
 
 
-def tuned_values(tuned_runs: Path, scale: Scale) -> tuple[dict[str, list[float]], list[str]]:
-    """Per-method test scores of ``repbench search`` re-runs (recipe ``tuned``) made at this scale."""
-    values: dict[str, list[float]] = {}
+def tuned_values(tuned_runs: Path, scale: Scale) -> tuple[dict[str, dict[int, float]], list[str]]:
+    """Per-method {seed: test score} of ``repbench search`` re-runs (recipe ``tuned``) made at this scale."""
+    values: dict[str, dict[int, float]] = {}
     skipped = 0
     for r in load_records(tuned_runs):
         c = r["config"]
@@ -83,9 +96,48 @@ def tuned_values(tuned_runs: Path, scale: Scale) -> tuple[dict[str, list[float]]
         if not same:
             skipped += 1
             continue
-        values.setdefault(c["method"], []).append(metric_of(r))
+        values.setdefault(c["method"], {})[c["seed"]] = metric_of(r)
     notes = [f"{skipped} tuned record(s) under {tuned_runs} were made at another scale and are not used"] if skipped else []
     return values, notes
+
+
+Tuned = dict[str, Scores]  # method -> {seed: score}; a plain list where the seeds were lost (never paired)
+
+
+def tuned_frame(tuned: Tuned) -> pd.DataFrame:
+    rows = [{"method": m, "seed": s, "value": v} for m, vals in tuned.items()
+            for s, v in (vals.items() if isinstance(vals, dict) else zip([None] * len(vals), vals, strict=True))]
+    return pd.DataFrame(rows, columns=["method", "seed", "value"])
+
+
+def read_tuned(path: Path) -> Tuned:
+    """recipe/tuned.csv back: {seed: score} per method, a list for a method whose rows have no seed."""
+    df = pd.read_csv(path)
+    return {m: g["value"].tolist() if g["seed"].isna().any() else dict(zip(g["seed"].astype(int), g["value"], strict=True))
+            for m, g in df.groupby("method", sort=False)}
+
+
+def rewrite_reports(out: Path, name: str, scale_name: str = "quick", command: str = "") -> str:
+    """Remake every table of grid ``name`` under ``out`` from its committed runs.csv (and recipe/tuned.csv), no run."""
+    out = Path(out)
+    scale = SCALES["smoke"] if name == "smoke" else SCALES[scale_name]
+    command = command or f"repbench ablate --grid {name} --seeds 3 --scale {scale.name}"
+    parts = []
+    for g in build(name, scale):
+        runs = out / g.name / "runs.csv"
+        if not g.cells or not runs.exists():
+            continue
+        tuned_csv = out / g.name / "tuned.csv"
+        tuned = read_tuned(tuned_csv) if g.name == "recipe" and tuned_csv.exists() else None
+        g.notes.append(f"tables remade from the committed runs.csv: `python -c \"from bench.experiments.ablate_report "
+                       f"import rewrite_reports; rewrite_reports('{out}', '{name}')\"`")
+        parts.append(write_grid_report(g, pd.read_csv(runs), out, scale, tuned, None, command))
+    if not parts:
+        raise UsageError(f"no runs.csv of grid {name!r} under {out}; run 'repbench ablate --grid {name}' first")
+    text = "\n".join(parts)
+    if name in COMPOSITES:
+        atomic_write_bytes(out / f"{name}.md", text.encode())
+    return text
 
 
 RECIPE_TEXT = {"recipe": "each method under its paper recipe and under the unified recipe",
@@ -94,13 +146,14 @@ RECIPE_TEXT = {"recipe": "each method under its paper recipe and under the unifi
                           f"wd {UNIFIED_RECIPE.weight_decay:g}, {UNIFIED_RECIPE.schedule})"}
 
 
-def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
-                      tuned: dict[str, list[float]] | None = None, tuned_notes: list[str] | None = None,
-                      command: str = "") -> str:
+def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale, tuned: Tuned | None = None,
+                      tuned_notes: list[str] | None = None, command: str = "") -> str:
     gdir = Path(out) / grid.name
     table = cell_table(df, ["method", "cell"])
+    diffs = cell_differences(df)
     atomic_write_bytes(gdir / "runs.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(gdir / "table.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(gdir / "differences.csv", diffs.to_csv(index=False).encode())
     plot_cells(table.assign(label=table["method"] + ": " + table["cell"]), "label", gdir / f"{grid.name}.png",
                f"{grid.name} ({scale.dataset}, {scale.epochs} epochs)")
     seeds = int(df.groupby(["method", "cell"])["seed"].count().min()) if len(df) else 0
@@ -108,10 +161,15 @@ def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
             f"Scale `{scale.name}`: {scale.dataset}, {scale.per_class or 'all'} train / {scale.test_per_class or 'all'} "
             f"test images per class, {scale.epochs} epoch(s), batch {scale.batch_size}, {scale.backbone}; "
             f"{RECIPE_TEXT.get(grid.name, RECIPE_TEXT[grid.recipe])}; test-split kNN top-1 (k=20, cosine, weighted); "
-            f"{seeds} seeds per cell. Mean, 95% BCa bootstrap interval over seeds (scipy.stats.bootstrap) and, for "
-            "comparison, the t-interval half-width; n counts scored seeds. Flags count runs the loop marked diverged "
-            "(not scored) or collapsed (scored as measured).", "", f"Command: `{command}`" if command else "",
-            "", cells_markdown(table), "", f"![{grid.name}]({grid.name}.png)", ""]
+            f"{seeds} seeds per cell. Mean and 95% interval over the scored seeds: Student's t (CI `t`; a BCa "
+            f"bootstrap, `BCa`, only from {MIN_BCA_SEEDS} scored seeds, as fewer cap it at their range); n scored / "
+            "run: seeds with a score / seeds run. Flags count runs the loop marked diverged (not scored) or "
+            "collapsed (scored as measured).", "", f"Command: `{command}`" if command else "",
+            "", cells_markdown(table), "", f"![{grid.name}]({grid.name}.png)", "",
+            "Paired differences (A - B per seed over the seeds both cells scored, 95% interval of their mean: t, "
+            f"BCa from {MIN_BCA_SEEDS} pairs; resolved when it excludes 0, else n.s.; Welch's unpaired t only where "
+            "two cells share no seed):", "",
+            differences_markdown(diffs), ""]
     text += [f"- note: {n}" for n in grid.notes]
     if grid.name == "recipe":
         text += recipe_section(df, gdir, tuned, tuned_notes)
@@ -120,23 +178,31 @@ def write_grid_report(grid: Grid, df: pd.DataFrame, out: Path, scale: Scale,
     return body
 
 
-def recipe_section(df: pd.DataFrame, gdir: Path, tuned: dict[str, list[float]] | None,
+def recipe_section(df: pd.DataFrame, gdir: Path, tuned: Tuned | None,
                    tuned_notes: list[str] | None) -> list[str]:
     """The method-vs-engineering table of the recipe grid (paper / unified / tuned recipes)."""
-    values: dict[tuple[str, str], list[float]] = {}
+    values: dict[tuple[str, str], Scores] = {}
     for (m, r), g in df.groupby(["method", "recipe"]):
-        values[(m, r)] = g["value"].tolist()
+        values[(m, r)] = dict(zip(g["seed"], g["value"], strict=True))
     for m, v in (tuned or {}).items():
         if (m, "unified") in values:
             values[(m, "tuned")] = v
+    if tuned:
+        atomic_write_bytes(gdir / "tuned.csv", tuned_frame(tuned).to_csv(index=False).encode())
     mve = method_vs_engineering(values)
     atomic_write_bytes(gdir / "method_vs_engineering.csv", mve.to_csv(index=False).encode())
     text = ["", "### Method vs engineering", "",
-            "Gap = mean(A) - mean(B) in points of test kNN top-1, with a 95% percentile bootstrap interval "
-            "(seeds resampled per method); A is the winner under the paper recipes. Recipe share = "
-            "(gap paper - gap unified) / gap paper: the part of the paper-recipe gap that equal "
-            "engineering removes; n.s. when the paper-recipe gap's interval contains 0. Tuned: each method's "
-            "best `repbench search` configuration (same trial budget for every method), re-run with fresh seeds"
+            "Gap = A - B in points of test kNN top-1, paired by seed (the mean of the per-seed differences over the "
+            f"seeds both scored, n pairs beside it), with its 95% interval (t; BCa from {MIN_BCA_SEEDS} pairs) and "
+            "verdict (resolved: the interval excludes 0); (Welch): unpaired, where the two share no seed. A is the "
+            "winner under the paper "
+            "recipes. Recipe share = (gap paper - gap unified) / gap paper: the part of the paper-recipe gap "
+            "that equal engineering removes; n.s. when the paper-recipe gap is n.s. Tuned: each method's best "
+            "`repbench search` configuration (same trial budget for every method), re-run with fresh seeds"
             + ("." if tuned else " (not given: pass --tuned RUNS from 'repbench search --methods all')."),
             "", method_vs_engineering_markdown(mve)]
+    unseeded = sorted(m for m, v in (tuned or {}).items() if not isinstance(v, dict))
+    if unseeded:
+        tuned_notes = [*(tuned_notes or []), f"recipe/tuned.csv gives no seeds for {', '.join(unseeded)}: their tuned "
+                       "gaps cannot be paired and are Welch intervals"]
     return text + [f"- note: {n}" for n in tuned_notes or []]

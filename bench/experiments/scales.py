@@ -29,6 +29,9 @@ SCALES = {
     # Tests: 30 train / 10 test digits per class (300 / 100 images), one epoch; seconds per run.
     "smoke": Scale("smoke", "digits", 30, 10, epochs=1, batch_size=64),
     "quick": Scale("quick", "fashion-mnist", 100, 100, epochs=6, batch_size=64),
+    # The collapse ablations (SimSiam stop-gradient, BYOL predictor, DINO centering / sharpening): the quick data,
+    # 4x its epochs (360 steps); the committed quick runs (96 steps) ended with the collapsing cells still spread.
+    "collapse": Scale("collapse", "fashion-mnist", 100, 100, epochs=24, batch_size=64),
 }
 
 

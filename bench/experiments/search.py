@@ -284,7 +284,7 @@ def run_search(method_names: list[str], suite: SearchSuite, budget: Budget, spec
         study = search_method(m, suite, budgets[m], storage, out, split, device, log)
         finals = final_configs(study, suite, seeds, device)
         records = run_many(finals, out, Options(data_root=data_root, reuse=True, keep_going=True), log=log)
-        rows.append(study_report(study, suite, out, [metric_of(r) for r in records.values()]))
+        rows.append(study_report(study, suite, out, {r["config"]["seed"]: metric_of(r) for r in records.values()}))
     if len(method_names) > 1:
         write_summary(rows, suite, budget.trials, out,
                       f"repbench search --suite {suite.name} --trials {budget.trials} "

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from bench.experiments.search_space import method_knobs
 from bench.experiments.study import counted
-from bench.stats import budget_curve, interval, pct, plot_budget_curves, summarise
+from bench.stats import MIN_BCA_SEEDS, Scores, budget_curve, interval, pct, plot_budget_curves, summarise
 from bench.store import atomic_write_bytes
 from methods import METHODS
 
@@ -87,8 +87,10 @@ def best_trial(study):
     return max(done, key=lambda t: t.value) if done else None
 
 
-def study_report(study, suite, out: Path, tuned: list[float]) -> dict[str, Any]:
-    """Write <out>/<study>/{trials.csv, report.md, budget.png} of a study of ``suite``; return the summary row."""
+def study_report(study, suite, out: Path, tuned: Scores) -> dict[str, Any]:
+    """Write <out>/<study>/{trials.csv, report.md, budget.png} of a study of ``suite``; return the summary row.
+
+    ``tuned``: the best configuration's test scores, {seed: score} (or a list where the seeds are not known)."""
     d = Path(out) / study.study_name
     df = trials_frame(study)
     atomic_write_bytes(d / "trials.csv", df.to_csv(index=False).encode())
@@ -97,12 +99,13 @@ def study_report(study, suite, out: Path, tuned: list[float]) -> dict[str, Any]:
     imp = importances(study)
     best = best_trial(study)
     states = df["state"].value_counts().to_dict() if len(df) else {}
-    t = summarise(tuned)
+    t = summarise(list(tuned.values()) if isinstance(tuned, dict) else list(tuned))
     row = {"method": study.user_attrs["method"], "study": study.study_name, "trials": len(df),
            **{s.lower(): int(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL")},
            "val_paper": paper_trial_value(study), "val_best": best.value if best else math.nan,
            "best_params": dict(best.params) if best else {}, "test_tuned_n": t["n"], "test_tuned_mean": t["mean"],
-           "test_tuned_lo": t["ci_lo"], "test_tuned_hi": t["ci_hi"],
+           "test_tuned_lo": t["ci_lo"], "test_tuned_hi": t["ci_hi"], "test_tuned_runs": t["runs"],
+           "test_tuned_ci": t["ci"], "tuned": tuned,
            "fanova": _importance_text(imp["fanova"]), "ped_anova": _importance_text(imp["ped-anova"]),
            "fanova_top3": _importance_text(imp["fanova"], 3), "ped_anova_top3": _importance_text(imp["ped-anova"], 3),
            "curve": curve}
@@ -118,7 +121,8 @@ def study_report(study, suite, out: Path, tuned: list[float]) -> dict[str, Any]:
              f"- trials: {row['complete']} complete, {row['pruned']} pruned, {row['fail']} failed",
              f"- paper defaults: {pct(row['val_paper'])}; best: {pct(row['val_best'])} with "
              + ", ".join(f"{k}={short(v)}" for k, v in row["best_params"].items()),
-             f"- best re-run on the test split with {t['n']} fresh seeds: {pct(t['mean'])} {interval(t['ci_lo'], t['ci_hi'])}",
+             f"- best re-run on the test split with fresh seeds ({t['n']} scored / {t['runs']} run): {pct(t['mean'])} "
+             f"{interval(t['ci_lo'], t['ci_hi'])} (95% {t['ci']}-interval)",
              f"- importance (fANOVA): {row['fanova']}", f"- importance (PED-ANOVA): {row['ped_anova']}",
              f"- knobs searched: lr, weight_decay, batch_size, "
              f"{', '.join(k.field for k in method_knobs(METHODS.get(row['method'])))}", "",
@@ -131,8 +135,9 @@ def summary_markdown(rows: list[dict[str, Any]], suite, trials: int, command: st
     table = pd.DataFrame([{
         "method": r["method"], "trials (ok/pruned/failed)": f"{r['complete']}/{r['pruned']}/{r['fail']}",
         "val paper %": pct(r["val_paper"]), "val best %": pct(r["val_best"]),
-        "test tuned %": pct(r["test_tuned_mean"]), "95% bootstrap CI": interval(r["test_tuned_lo"], r["test_tuned_hi"]),
-        "n": r["test_tuned_n"], "fANOVA (top 3)": r["fanova_top3"], "PED-ANOVA (top 3)": r["ped_anova_top3"]}
+        "test tuned %": pct(r["test_tuned_mean"]), "95% CI": interval(r["test_tuned_lo"], r["test_tuned_hi"]),
+        "CI": r["test_tuned_ci"], "n scored / run": f"{r['test_tuned_n']}/{r['test_tuned_runs']}",
+        "fANOVA (top 3)": r["fanova_top3"], "PED-ANOVA (top 3)": r["ped_anova_top3"]}
         for r in rows])
     s = suite.scale
     head = [f"## Search `{suite.name}`: {trials} trials per method", "",
@@ -140,7 +145,9 @@ def summary_markdown(rows: list[dict[str, Any]], suite, trials: int, command: st
             f"{s.epochs} epoch(s), {s.backbone}. Val: validation kNN top-1 of the paper's point (trial 0) and of the best "
             f"trial. Test tuned: the best configuration re-trained on the whole training subset with fresh seeds "
             f"({FRESH_SEED_BASE}, ...) and scored on the test split ({s.test_per_class or 'all'} per class): mean and 95% "
-            "BCa bootstrap interval over seeds. Importances: fANOVA and PED-ANOVA over complete trials (noisy at "
+            f"interval over the scored seeds (Student's t, CI `t`; a BCa bootstrap, `BCa`, only from {MIN_BCA_SEEDS} "
+            "scored seeds, as fewer cap it at their range); n scored / run counts seeds with a score / seeds run. "
+            "Importances: fANOVA and PED-ANOVA over complete trials (noisy at "
             "this budget). Budget curves: expected best validation score after n trials (Dodge et al. 2019), drawing "
             "from this study's finished trials (a pruned trial counts at its last score, a failed one at chance); "
             "TPE's trials are not independent draws, so read the curves as indicative.", "",
@@ -154,7 +161,30 @@ def write_summary(rows: list[dict[str, Any]], suite, trials: int, out: Path, com
     plot_budget_curves({r["method"]: r["curve"] for r in rows}, Path(out) / "budget_curves.png",
                        f"{suite.name}: expected best validation kNN vs trials")
     atomic_write_bytes(Path(out) / "summary.md", summary_markdown(rows, suite, trials, command).encode())
-    flat = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
+    flat = pd.DataFrame([{k: v for k, v in r.items() if k not in ("curve", "tuned")} for r in rows])
     atomic_write_bytes(Path(out) / "summary.csv", flat.to_csv(index=False).encode())
+    # Per-seed tuned scores, so that the summary can be remade (rewrite_summary) without the study or its records.
+    tuned = pd.DataFrame([{"method": r["method"], "seed": s, "value": v} for r in rows for s, v in
+                          (r["tuned"].items() if isinstance(r["tuned"], dict) else ((None, v) for v in r["tuned"]))],
+                         columns=["method", "seed", "value"])
+    atomic_write_bytes(Path(out) / "tuned.csv", tuned.to_csv(index=False).encode())
     curves = pd.concat([r["curve"].assign(method=r["method"]) for r in rows], ignore_index=True)
     atomic_write_bytes(Path(out) / "budget_curves.csv", curves.to_csv(index=False).encode())
+
+
+def rewrite_summary(out: Path, suite, command: str) -> str:
+    """Remake summary.md/.csv from the committed summary.csv, tuned.csv and budget_curves.csv (no study, no run)."""
+    out = Path(out)
+    summary = pd.read_csv(out / "summary.csv")
+    tuned, curves = pd.read_csv(out / "tuned.csv"), pd.read_csv(out / "budget_curves.csv")
+    rows = []
+    for r in summary.to_dict("records"):
+        g = tuned[tuned["method"] == r["method"]]
+        values = g["value"].tolist() if g["seed"].isna().any() else dict(zip(g["seed"].astype(int), g["value"], strict=True))
+        t = summarise(list(values.values()) if isinstance(values, dict) else values)
+        r.update({"test_tuned_n": t["n"], "test_tuned_runs": t["runs"], "test_tuned_mean": t["mean"],
+                  "test_tuned_lo": t["ci_lo"], "test_tuned_hi": t["ci_hi"], "test_tuned_ci": t["ci"], "tuned": values,
+                  "curve": curves[curves["method"] == r["method"]].drop(columns="method").reset_index(drop=True)})
+        rows.append(r)
+    write_summary(rows, suite, int(summary["trials"].max()), out, command)
+    return summary_markdown(rows, suite, int(summary["trials"].max()), command)
