@@ -18,6 +18,12 @@ DEFAULT_COLUMNS = ("knn.top1", "knn_k200.top1", "knn_k200_t0.1.top1", "monitor_k
                    "linear.top1", "online_linear.last", "online_linear.best", "kmeans.nmi", "kmeans.acc", "fewshot*.top1",
                    "zero-shot*.top1", "reconstruction*.mse")
 GROUP = ["suite", "dataset", "backbone", "method", "variant", "recipe", "epochs", "train_n"]
+# Every method is paired with the untrained encoder of its own backbone (MAE's ViT with a random ViT) on the same
+# seed, data and subset; the floor's budget is not matched since an untrained encoder is the same at any budget.
+FLOOR = "random"
+VS_FLOOR = ("knn.top1", "linear.top1")
+PAIR_ON = ["suite", "dataset", "backbone", "train_n", "seed"]
+VS_COLUMN = "vs random init"
 
 
 def load_records(runs: Path) -> list[dict]:
@@ -112,6 +118,7 @@ def flatten(records: list[dict], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> 
                "variant": ",".join(f"{k}={v}" for k, v in sorted(c.get("method_args", {}).items())) or "-",
                "recipe": c.get("recipe_name", "unified"), "epochs": c.get("epochs"),
                "train_n": r.get("data", {}).get("train"), "seed": c["seed"], "status": r.get("status", "ok"),
+               "flag": _flag(r),
                "train_s": r.get("timing", {}).get("train_s"),
                "img_per_s": r.get("throughput", {}).get("images_per_s")}
         for key, entry in r.get("metrics", {}).items():
@@ -123,6 +130,14 @@ def flatten(records: list[dict], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> 
     return pd.DataFrame(rows)
 
 
+def _flag(rec: dict) -> str:
+    """The record's status, with the collapse watchdog's kind of collapse: "collapsed (uniform)"."""
+    status = rec.get("status", "ok")
+    detail = rec.get("training", {}).get("status_detail") if isinstance(rec.get("training"), dict) else None
+    reason = detail.get("reason") if isinstance(detail, dict) else None
+    return f"{status} ({reason.split(':')[0]})" if status == "collapsed" and isinstance(reason, str) else status
+
+
 def ci95(values: pd.Series) -> float:
     v = values.dropna()
     if len(v) < 2:
@@ -131,20 +146,56 @@ def ci95(values: pd.Series) -> float:
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, dataset, backbone, method, recipe): n seeds, mean and 95% t-interval per metric."""
+    """One row per (suite, dataset, backbone, method, recipe): n seeds, mean and 95% t-interval per metric, and
+    the paired difference to the random-init floor (``VS_COLUMN``) where the records hold one."""
     metric_cols = [c for c in df.columns if "." in c]
+    floors = _floors(df)
     out = []
     for keys, g in df.groupby(GROUP, sort=True, dropna=False):
         row = dict(zip(GROUP, keys, strict=True))
         row["seeds"] = len(g)
-        bad = g[g["status"] != "ok"]["status"]
+        bad = g[g["status"] != "ok"]["flag"]
         row["flags"] = ", ".join(f"{n}x {s}" for s, n in bad.value_counts().items()) if len(bad) else ""
         for c in metric_cols + ["train_s"]:
             vals = pd.to_numeric(g[c], errors="coerce") if c in g else pd.Series(dtype=float)
             row[f"{c}.mean"] = vals.mean()
             row[f"{c}.ci95"] = ci95(vals)
+        if floors is not None and row["method"] != FLOOR:
+            row.update(vs_floor(g, floors))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _floors(df: pd.DataFrame) -> pd.DataFrame | None:
+    """The random-init records' values, one row per PAIR_ON key; None when there are none."""
+    cols = [c for c in VS_FLOOR if c in df]
+    floor = df[(df["method"] == FLOOR) & (df["status"] == "ok")]
+    if floor.empty or not cols:
+        return None
+    return floor.drop_duplicates(PAIR_ON).set_index(PAIR_ON)[cols]
+
+
+def vs_floor(g: pd.DataFrame, floors: pd.DataFrame) -> dict[str, object]:
+    """Paired gain of one group's seeds over the floor of the same seed (points): per metric the mean, 95%
+    t-interval (bench/report.py's ci95) and n scored, and the ``VS_COLUMN`` text, "yes" when every run was
+    scored and every interval lies above zero. A group without any paired floor gets nothing."""
+    keys = [tuple(k) for k in g[PAIR_ON].itertuples(index=False)]
+    if not any(k in floors.index for k in keys):
+        return {}
+    out: dict[str, object] = {}
+    parts, above = [], True
+    for c in VS_FLOOR:
+        base = pd.Series([floors[c].get(k, math.nan) if c in floors else math.nan for k in keys], index=g.index)
+        diff = 100 * (pd.to_numeric(g[c], errors="coerce") - base) if c in g else pd.Series(math.nan, index=g.index)
+        mean, half, n = diff.mean(), ci95(diff), int(diff.notna().sum())
+        lo, hi = mean - half, mean + half
+        out |= {f"vs_random.{c}.gain": mean, f"vs_random.{c}.lo": lo, f"vs_random.{c}.hi": hi, f"vs_random.{c}.n": n}
+        scored = "" if n == len(g) else f" ({n}/{len(g)} scored)"
+        interval = f" [{lo:+.1f}, {hi:+.1f}]" if not math.isnan(half) else ""
+        parts.append(f"{c.split('.')[0]} {mean:+.1f}{interval}{scored}" if n else f"{c.split('.')[0]} -")
+        above = above and n == len(g) and not math.isnan(lo) and lo > 0
+    out[VS_COLUMN] = ", ".join(parts) + (": yes" if above else ": no")
+    return out
 
 
 def _fmt(mean: float, ci: float, scale: float, digits: int) -> str:
@@ -166,6 +217,8 @@ def markdown(agg: pd.DataFrame) -> str:
         shown[c + (" %" if pct else "")] = [_fmt(m, e, 100 if pct else 1, 1 if pct else 4)
                                             for m, e in zip(agg[c + ".mean"], agg[c + ".ci95"], strict=True)]
     shown["train s"] = [_fmt(m, math.nan, 1, 1) for m in agg["train_s.mean"]]
+    if VS_COLUMN in agg:
+        shown[VS_COLUMN] = agg[VS_COLUMN].fillna("-")
     shown["flags"] = agg["flags"]
     return shown.to_markdown(index=False)
 

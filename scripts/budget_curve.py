@@ -1,0 +1,171 @@
+"""Budget curve of the main job: SGD steps vs. gain over the random-init floor of the same encoder, same seeds.
+
+Each method is trained at each budget (whole epochs of the suite's subset) for each seed, scored on kNN and the
+linear probe, and compared with the `random` method's record of the same seed and backbone (a paired
+difference, mean and 95% t-interval). Writes ``<out>/budget_curve.csv`` and ``budget_curve.png``.
+
+    OMP_NUM_THREADS=1 python scripts/budget_curve.py --methods simclr,byol,vicreg --epochs 1,2,4,8 --seeds 0,1,2 \
+        --out results/quick
+
+Recipe options (``--lr`` ...) change the unified recipe for this curve only, to compare recipes by measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bench.config import RunConfig
+from bench.core.errors import UsageError
+from bench.data.cache import prepare_matplotlib
+from bench.experiments.scales import backbone_for
+from bench.experiments.suites import QUICK_BATCH, QUICK_PER_CLASS, QUICK_TEST_PER_CLASS
+from bench.report import load_records
+from bench.runner import Options, json_like, recipe_diff, run_many
+from bench.store import atomic_write_bytes
+from methods.spec import UNIFIED_RECIPE
+
+METRICS = ("knn", "linear")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default="simclr,byol,vicreg")
+    p.add_argument("--epochs", default="1,2,4,8", help="comma-separated budgets in epochs of the subset")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--batch-size", type=int, default=QUICK_BATCH)
+    p.add_argument("--per-class", type=int, default=QUICK_PER_CLASS)
+    p.add_argument("--test-per-class", type=int, default=QUICK_TEST_PER_CLASS)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a field of the unified recipe for this curve (lr=0.3, optimizer=lars, clip_grad=1)")
+    p.add_argument("--label", default="", help="a name for this recipe in the CSV (default: the --set values)")
+    p.add_argument("--out", default="results/quick", help="folder for budget_curve.csv/.png")
+    p.add_argument("--runs", default="/tmp/repbench-budget", help="where the runs' records go")
+    p.add_argument("--also", action="append", default=[], metavar="DIR",
+                   help="add the records under DIR (e.g. a quick-suite run) of these methods, batch and subset")
+    return p.parse_args()
+
+
+def recipe_from(sets: list[str]):
+    recipe = UNIFIED_RECIPE
+    for item in sets:
+        key, _, value = item.partition("=")
+        if not hasattr(recipe, key):
+            raise UsageError(f"--set {item}: the recipe has no field {key!r}")
+        default = getattr(UNIFIED_RECIPE, key)
+        recipe = replace(recipe, **{key: value if isinstance(default, str) else type(default)(float(value))})
+    return recipe
+
+
+def configs(a: argparse.Namespace) -> list[RunConfig]:
+    recipe = recipe_from(a.set)
+    name = "unified" if recipe == UNIFIED_RECIPE else "unified+custom"
+    seeds = [int(s) for s in a.seeds.split(",")]
+    common = dict(dataset="fashion-mnist", batch_size=a.batch_size, per_class=a.per_class, recipe=recipe,
+                  recipe_name=name, test_per_class=a.test_per_class, protocols=METRICS, suite="budget")
+    methods = a.methods.split(",")
+    floors = sorted({backbone_for(m, "convnet") for m in methods})
+    out = [RunConfig(method="random", backbone=b, epochs=1, seed=s, **common) for b in floors for s in seeds]
+    for m in methods:
+        for e in (int(x) for x in a.epochs.split(",")):
+            out += [RunConfig(method=m, backbone=backbone_for(m, "convnet"), epochs=e, seed=s, **common) for s in seeds]
+    return out
+
+
+def paired(records: list[dict], label: str) -> pd.DataFrame:
+    """One row per (method, epochs, metric): steps, mean gain over random init (points), 95% t-interval, n."""
+    def value(r: dict, metric: str) -> float:
+        v = r.get("metrics", {}).get(metric, {}).get("top1")
+        return float(v) if isinstance(v, (int, float)) else np.nan
+
+    # Each record is paired with the floor measured beside it (same folder): records made at other times may carry
+    # another version of a protocol (the linear probe's lambda selection changed between two of ours).
+    floor = {(r.get("_source"), r["config"]["backbone"], r["config"]["seed"], m): value(r, m)
+             for r in records if r["config"]["method"] == "random" for m in METRICS}
+    rows = {}
+    for r in records:
+        c = r["config"]
+        if c["method"] == "random":
+            continue
+        for m in METRICS:
+            key = (c["method"], c["epochs"], m)
+            row = rows.setdefault(key, {"steps": r.get("training", {}).get("steps"), "gains": [], "diverged": 0})
+            row["diverged"] += r.get("status") == "diverged"
+            row["gains"].append(100 * (value(r, m) - floor[(r.get("_source"), c["backbone"], c["seed"], m)]))
+            if r.get("status") == "ok" and r.get("training", {}).get("steps"):
+                row["steps"] = r["training"]["steps"]
+    out = []
+    for (method, epochs, metric), row in sorted(rows.items()):
+        g = np.array([x for x in row["gains"] if np.isfinite(x)])
+        half = stats.t.ppf(0.975, len(g) - 1) * g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan
+        mean = g.mean() if len(g) else np.nan
+        out.append({"recipe": label, "method": method, "epochs": epochs, "steps": row["steps"], "metric": metric,
+                    "gain": round(mean, 2), "lo": round(mean - half, 2), "hi": round(mean + half, 2),
+                    "n": len(g), "runs": len(row["gains"]), "diverged": row["diverged"]})
+    return pd.DataFrame(out)
+
+
+def plot(df: pd.DataFrame, path: Path) -> None:
+    prepare_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.2), sharey=False)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for (recipe, method), g in df[df.metric == metric].groupby(["recipe", "method"]):
+            g = g.sort_values("steps")
+            name = method if df.recipe.nunique() == 1 else f"{method} ({recipe})"
+            ax.errorbar(g.steps, g.gain, yerr=[g.gain - g.lo, g.hi - g.gain], marker="o", ms=3, capsize=2, label=name)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("SGD steps")
+        ax.set_ylabel(f"{metric} top-1 minus random init (points)")
+        ax.set_title(f"{metric}: paired gain over random init, 95% t-interval")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def also(a: argparse.Namespace) -> list[dict]:
+    """Records of other runs (a suite's) at this curve's batch, subset and recipe, for its methods and floors."""
+    wanted = {*a.methods.split(","), "random"}
+    recipe = recipe_from(a.set)
+    same = dict(batch_size=a.batch_size, per_class=a.per_class, test_per_class=a.test_per_class)
+    return [{**r, "_source": d} for d in a.also for r in load_records(Path(d))
+            if r["config"]["method"] in wanted and r.get("recipe_diff_from_unified") == json_like(recipe_diff(recipe))
+            and all(r["config"].get(k) == v for k, v in same.items())]
+
+
+def main() -> None:
+    a = parse()
+    records = list(run_many(configs(a), Path(a.runs), Options(reuse=True)).values())
+    records += also(a)
+    label = a.label or (",".join(a.set) or "unified")
+    df = paired(records, label)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "budget_curve.csv"
+    if csv.exists():  # curves of other methods or recipes stay; this run's rows replace their own
+        old = pd.read_csv(csv)
+        keep = ~old.set_index(["recipe", "method", "epochs", "metric"]).index.isin(
+            df.set_index(["recipe", "method", "epochs", "metric"]).index)
+        df = pd.concat([old[keep], df], ignore_index=True)
+    df = df.sort_values(["recipe", "method", "metric", "epochs"])
+    atomic_write_bytes(csv, df.to_csv(index=False).encode())
+    plot(df, out / "budget_curve.png")
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
