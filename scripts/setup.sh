@@ -4,13 +4,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+# Debian packages: the dataset, the browser the report is tested in, the PostgreSQL server searches are tested on.
+need=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian package dataset-fashion-mnist" >&2
+    echo "setup: installing Debian packages ${need[*]}" >&2
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "setup: Fashion-MNIST is not installed and apt-get needs root; 'repbench data fetch fashion-mnist' will try torchvision's download" >&2
+    echo "setup: missing Debian packages ${need[*]} and apt-get needs root; install them (the browser and PostgreSQL tests skip without them)" >&2
   fi
 fi
 
