@@ -1,66 +1,26 @@
-"""Batched per-sample augmentation on the training device (kornia).
+"""Batched per-sample augmentation on the training device.
 
-Every image in a batch gets its own random crop, flip, jitter... (kornia draws parameters per
-sample; torchvision.transforms.v2 would draw ONE set per call on a batch, which makes all views
-of a batch share a crop and quietly weakens contrastive learning). Input is the uint8 batch
-straight from memory; there is no per-image Python anywhere on this path: kornia's RandomResizedCrop
-draws the boxes, ``BatchedResizedCrop`` applies them in one ``grid_sample`` (kornia's own application
-slices and resizes image by image).
+Every image gets its own random crop, flip, jitter... (torchvision.transforms.v2 would draw ONE set per call
+on a batch, which makes all views of a batch share a crop and quietly weakens contrastive learning). The views
+of one output size are generated together: their rows stacked in one batch, each row with its own parameters,
+each operation one pass over that batch (bench/augment_ops.py), so the number of tensor operations per call
+does not grow with the batch size. Input is the uint8 batch straight from memory. The distributions are
+kornia's RandomResizedCrop / RandomHorizontalFlip / ColorJitter / RandomGrayscale / RandomGaussianBlur /
+RandomSolarize (tests/test_augment_batched.py); kornia applies each of them by slicing out the rows it gates,
+a launch storm per view on a GPU.
 """
 
 from __future__ import annotations
 
-import kornia.augmentation as K
-import torch
-import torch.nn.functional as F
-from torch import nn
+import math
+from collections.abc import Callable
 
+import torch
+
+from bench import augment_ops as ops
 from methods.spec import ViewConfig
 
-
-class BatchedResizedCrop(nn.Module):
-    """RandomResizedCrop with kornia's sampling of boxes (area in ``scale``, log-uniform aspect ``ratio``) and
-    one bilinear ``affine_grid``/``grid_sample`` for the whole batch, with kornia's corner-to-corner geometry
-    (align_corners=True). kornia's own "slice" mode resizes each crop separately, several times slower
-    (results/benchmarks/throughput.md); the same pixels to 3e-6 (tests/test_augment.py).
-    """
-
-    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
-        super().__init__()
-        self.sampler = K.RandomResizedCrop((size, size), scale=scale, ratio=ratio)
-        self.size = size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        box = self.sampler.forward_parameters(x.shape)["src"].to(x.device, x.dtype)  # (N, 4, 2): x, y of TL TR BR BL
-        (x0, y0), (x1, y1) = box[:, 0].unbind(1), box[:, 2].unbind(1)
-        h, w = x.shape[-2:]
-        theta = x.new_zeros(len(x), 2, 3)
-        theta[:, 0, 0], theta[:, 0, 2] = (x1 - x0) / (w - 1), (x0 + x1) / (w - 1) - 1
-        theta[:, 1, 1], theta[:, 1, 2] = (y1 - y0) / (h - 1), (y0 + y1) / (h - 1) - 1
-        grid = F.affine_grid(theta, [len(x), x.shape[1], self.size, self.size], align_corners=True)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def build_pipeline(view: ViewConfig, channels: int, image_size: int) -> nn.Module:
-    size = view.size or image_size
-    s = view.strength
-    ops: list[nn.Module] = [BatchedResizedCrop(size, view.scale, view.ratio)]
-    if view.flip_p > 0:
-        ops.append(K.RandomHorizontalFlip(p=view.flip_p))
-    if view.jitter_p > 0 and s > 0:
-        if channels == 3:
-            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=view.jitter_p))
-        else:
-            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, p=view.jitter_p))
-    if channels == 3 and view.gray_p > 0:
-        ops.append(K.RandomGrayscale(p=view.gray_p))
-    if view.blur_p > 0:
-        # SimCLR blurs with a kernel of 10% of the image side, sigma in [0.1, 2.0].
-        k = max(3, int(0.1 * size) // 2 * 2 + 1)
-        ops.append(K.RandomGaussianBlur((k, k), (0.1, 2.0), p=view.blur_p))
-    if view.solarize_p > 0:
-        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize_p))
-    return nn.Sequential(*ops)
+__all__ = ["Augmenter", "Normalise", "ViewConfig", "normalise"]
 
 
 class Normalise:
@@ -84,16 +44,107 @@ def normalise(images_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float
     return Normalise(mean, std, images_u8.device)(images_u8)
 
 
+def blur_kernel_size(size: int) -> int:
+    """SimCLR blurs with a kernel of 10% of the image side (odd, at least 3), sigma in [0.1, 2.0]."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def _fallback(image_size: int, ratio: tuple[float, float]) -> tuple[float, float]:
+    """kornia's crop (h, w) when none of the 10 candidates fits a square image: the whole image unless the
+    ratio range excludes 1, then the widest or tallest crop of the nearest ratio."""
+    lo, hi = min(ratio), max(ratio)
+    if lo > 1:
+        return float(math.floor(round(image_size / lo))), float(image_size)
+    if hi < 1:
+        return float(image_size), float(math.floor(round(image_size * hi)))
+    return float(image_size), float(image_size)
+
+
+def view_constants(view: ViewConfig, channels: int, image_size: int) -> list[float]:
+    """One row of ``augment_ops.CFG``: the view's ranges and rates as kornia's transforms would get them."""
+    j, hue = 0.8 * view.strength, 0.2 * view.strength
+    colour = channels == 3
+    jitter_p = view.jitter_p if view.strength > 0 else 0.0
+    values = {
+        "scale_lo": view.scale[0], "scale_hi": view.scale[1],
+        "logr_lo": math.log(view.ratio[0]), "logr_hi": math.log(view.ratio[1]),
+        "fallback_h": _fallback(image_size, view.ratio)[0], "fallback_w": _fallback(image_size, view.ratio)[1],
+        "flip_p": view.flip_p, "jitter_p": jitter_p, "gray_p": view.gray_p if colour else 0.0,
+        "b_lo": max(0.0, 1 - j), "b_hi": 1 + j, "c_lo": max(0.0, 1 - j), "c_hi": 1 + j,
+        "s_lo": max(0.0, 1 - j) if colour else 1.0, "s_hi": 1 + j if colour else 1.0,
+        "h_lo": -hue if colour else 0.0, "h_hi": hue if colour else 0.0,
+        "blur_p": view.blur_p, "solarize_p": view.solarize_p,
+        "sigma_lo": 0.1, "sigma_hi": 2.0,
+    }
+    return [float(values[name]) for name in ops.CFG]
+
+
+class ViewGroup:
+    """The views of one output size, generated in one pass: rows view-major (view 0's N images first)."""
+
+    def __init__(self, index: list[int], views: list[ViewConfig], channels: int, image_size: int,
+                 norm: Normalise, device: torch.device | str, compile: bool) -> None:
+        self.index, self.norm = index, norm
+        self.size = views[0].size or image_size
+        self.cfg = torch.tensor([view_constants(v, channels, image_size) for v in views], device=device)
+        c = {name: self.cfg[:, i] for i, name in enumerate(ops.CFG)}
+        jitter = bool((c["jitter_p"] > 0).any())
+        # Statically skipped: an operation no view of the group can apply (colour ones on grey images).
+        self.steps = tuple(k for k in ops.JITTER_ORDER if jitter and bool((c[f"{k}_hi"] > c[f"{k}_lo"]).any()))
+        self.gray, self.solarize = bool((c["gray_p"] > 0).any()), bool((c["solarize_p"] > 0).any())
+        self.blur_k = blur_kernel_size(self.size) if (c["blur_p"] > 0).any() else 0
+        wrap: Callable = torch.compile if compile else (lambda f: f)
+        self._front, self._back = wrap(self.front), wrap(self.back)
+        self._jitter = {k: wrap(ops.JITTER[k]) for k in self.steps}
+
+    def front(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Draw every row's parameters, then crop, resize and flip (``x``: float 0..255)."""
+        p = ops.draw(self.cfg, x.shape[0], x.shape[2], x.shape[3])
+        return ops.resized_crop(x, p["box"], p["flip"], self.size, 1 / 255), p
+
+    def back(self, y: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.gray:
+            y = ops.grayscale(y, p["gray"])
+        if self.blur_k:
+            y = ops.blur(y, p["sigma"], self.blur_k)
+        if self.solarize:
+            y = ops.solarize(y, p["solarize"])
+        return y.sub_(self.norm.mean).div_(self.norm.std)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y, p = self._front(x)
+        # kornia's ColorJitter: one random order of the four steps per call (here shared by the group's views, where
+        # kornia drew one per view), drawn on the host so that no device sync is needed.
+        for i in torch.randperm(4).tolist():
+            k = ops.JITTER_ORDER[i]
+            if k in self._jitter:
+                y = self._jitter[k](y, p[k])
+        return list(self._back(y, p).chunk(len(self.index)))
+
+
 class Augmenter:
-    """Turns a uint8 batch (N, C, H, W) into normalised float views, one pipeline per view."""
+    """Turns a uint8 batch (N, C, H, W) into normalised float views, one per ViewConfig, in order.
+
+    ``compile``: torch.compile the stages of each view group (worth it on a GPU, where it fuses the
+    elementwise steps; on a CPU the first call compiles for minutes).
+    """
 
     def __init__(self, views: tuple[ViewConfig, ...], channels: int, image_size: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu") -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu",
+                 compile: bool = False) -> None:
         self.views = views
-        self.pipelines = [build_pipeline(v, channels, image_size).to(device) for v in views]
         self.normalise = Normalise(mean, std, device)
+        by_size: dict[int, list[int]] = {}
+        for i, v in enumerate(views):
+            by_size.setdefault(v.size or image_size, []).append(i)
+        self.groups = [ViewGroup(idx, [views[i] for i in idx], channels, image_size, self.normalise, device, compile)
+                       for idx in by_size.values()]
 
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor) -> list[torch.Tensor]:
-        x = images_u8.float().div_(255)
-        return [self.normalise.unit(p(x)) for p in self.pipelines]
+        x = images_u8.float()
+        out: list[torch.Tensor] = [x] * len(self.views)
+        for group in self.groups:
+            for i, view in zip(group.index, group(x), strict=True):
+                out[i] = view
+        return out

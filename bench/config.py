@@ -16,7 +16,8 @@ from methods.spec import UNIFIED_RECIPE, Recipe, check, opt
 # trained model is.
 NOT_IN_KEY = ("suite", "protocols", "protocol_args", "knn_every", "online_linear")
 # Fields added after records were written: hashed only when set, so every older config keeps its key.
-KEYED_WHEN_SET = {"image_size": None, "protocol_args": {}, "knn_every": 0, "online_linear": False}
+KEYED_WHEN_SET = {"image_size": None, "protocol_args": {}, "knn_every": 0, "online_linear": False, "precision": "bf16"}
+PRECISIONS = ("bf16", "fp16", "fp32")
 RECIPE_KEYED_WHEN_SET = {"decay_norm_bias": False}
 
 
@@ -42,6 +43,9 @@ class RunConfig:
     # bf16 autocast where bf16 is native (CUDA, or a CPU with AMX / AVX512-BF16), except on a CPU for models
     # that run slower so (Method.float32_on_cpu: the ViT).
     amp: bool = True
+    # bf16: the autocast above; fp16: float16 autocast with a gradient scaler; fp32: no autocast. ``amp=False``
+    # (older records) means fp32 whatever this says.
+    precision: str = opt("bf16", choices=PRECISIONS)
     # Side, in pixels, the dataset is decoded or resized to at load; None: the dataset's own (folder trees: 64).
     image_size: int | None = opt(None, ge=8, le=1024)
     # Keyword settings per protocol, e.g. {"knn": {"variants": [["cosine", "weighted", [200]]], "temperatures": [0.1]}}.
@@ -96,6 +100,22 @@ class RunConfig:
             return cls(**d)
         except (TypeError, AttributeError, UsageError) as err:
             raise UsageError(f"{where} holds no valid run config ({err}); is it a repbench record.json?") from None
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How the loop runs and reports, not what it trains (so not in a config's key): ``compile`` the method's
+    training step with torch.compile; ``log`` sinks beside steps.csv (tensorboard, wandb); host reads of the
+    step's losses and meters every ``log_every`` steps and at each epoch's end; ``lines``: a progress line at
+    each read to stderr (for logs that are not a terminal)."""
+
+    compile: bool = False
+    log: tuple[str, ...] = ()
+    log_every: int = opt(50, ge=1, le=1_000_000)
+    lines: bool = False
+
+    def __post_init__(self) -> None:
+        check(self, "train options")
 
 
 def _keyed(d: dict[str, Any]) -> dict[str, Any]:

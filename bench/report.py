@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
-from bench.core.errors import UsageError
+# _load and load_records are read from here by the site builder and scripts.
+from bench.records import _load as _load
+from bench.records import load_checked
+from bench.records import load_records as load_records
 from bench.store import atomic_write_bytes
 
 # (result key pattern, value field) pairs shown by default; fnmatch patterns on the key.
@@ -24,90 +26,6 @@ FLOOR = "random"
 VS_FLOOR = ("knn.top1", "linear.top1")
 PAIR_ON = ["suite", "dataset", "backbone", "train_n", "seed"]
 VS_COLUMN = "vs random init"
-
-
-def load_records(runs: Path) -> list[dict]:
-    return [rec for _, rec in _load(runs)]
-
-
-def _load(runs: Path) -> list[tuple[Path, dict]]:
-    """(path, record) of every record.json under ``runs``; the first unreadable or malformed one is a UsageError."""
-    runs = Path(runs)
-    if not runs.exists():
-        raise UsageError(f"no results directory {runs}; run 'repbench run ...' first or pass --runs DIR")
-    records = []
-    for path in sorted(runs.rglob("record.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise UsageError(f"cannot read {path}: {err}; delete or rerun that run") from None
-        problem = record_problem(rec)
-        if problem:
-            raise UsageError(f"{path} is not a repbench record ({problem}); delete it or move it out of --runs")
-        records.append((path, rec))
-    if not records:
-        raise UsageError(f"no record.json under {runs}; run 'repbench run ...' first or pass --runs DIR")
-    return records
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    return {type(None): "null", int: "a number", float: "a number", str: "text", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _is_object(value: object) -> bool:
-    return isinstance(value, dict)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-MISSING = object()
-# (where, key, default (MISSING: required), test) for every field that flatten() reads.
-RECORD_FIELDS = [("config", k, MISSING, _is_text) for k in ("suite", "dataset", "backbone", "method")] + [
-    ("config", "seed", MISSING, _is_int), ("config", "epochs", None, lambda v: v is None or _is_int(v)),
-    ("config", "method_args", {}, _is_object), ("config", "recipe_name", "", _is_text), ("", "status", "ok", _is_text),
-    ("", "metrics", MISSING, _is_object), ("", "data", {}, _is_object), ("", "timing", {}, _is_object),
-    ("", "throughput", {}, _is_object)]
-
-
-def record_problem(rec: object) -> str | None:
-    """What keeps ``rec`` from being a row of a table (one phrase), or None when it has a record's shape."""
-    if not isinstance(rec, dict):
-        return f"the file holds {_json_type(rec)}, not an object"
-    if not isinstance(rec.get("config"), dict):
-        return "no config" if "config" not in rec else f"config is {_json_type(rec['config'])}, not an object"
-    for where, key, default, ok in RECORD_FIELDS:
-        value = (rec[where] if where else rec).get(key, default)
-        name = f"{where}.{key}".lstrip(".")
-        if value is MISSING:
-            return f"no {name}"
-        if not ok(value):
-            return f"{name} is {_json_type(value)}"
-    bad = next((k for k, entry in rec["metrics"].items() if not isinstance(entry, dict)), None)
-    return None if bad is None else f"metrics.{bad} is {_json_type(rec['metrics'][bad])}, not an object"
-
-
-def _check_columns(path: Path, rec: dict, columns: tuple[str, ...]) -> None:
-    """Every value the table would average is a number (or null)."""
-    for key, entry in rec["metrics"].items():
-        for col in columns:
-            kpat, field = col.rsplit(".", 1)
-            value = entry.get(field)
-            if value is not None and not _is_number(value) and fnmatch.fnmatch(key, kpat):
-                raise UsageError(f"{path} is not a repbench record (metrics.{key}.{field} is {_json_type(value)}, "
-                                 "not a number); delete it or move it out of --runs")
 
 
 def flatten(records: list[dict], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> pd.DataFrame:
@@ -160,6 +78,9 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             vals = pd.to_numeric(g[c], errors="coerce") if c in g else pd.Series(dtype=float)
             row[f"{c}.mean"] = vals.mean()
             row[f"{c}.ci95"] = ci95(vals)
+            row[f"{c}.n"] = int(vals.notna().sum())
+        # A run is scored when any metric has a value (a diverged one has none): "1/3" beside a one-seed mean.
+        row["scored"] = max([row[f"{c}.n"] for c in metric_cols] or [0])
         if floors is not None and row["method"] != FLOOR:
             row.update(vs_floor(g, floors))
         out.append(row)
@@ -198,29 +119,75 @@ def vs_floor(g: pd.DataFrame, floors: pd.DataFrame) -> dict[str, object]:
     return out
 
 
-def _fmt(mean: float, ci: float, scale: float, digits: int) -> str:
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The KEY.FIELD metric columns of ``flatten``'s frame, in the table's order."""
+    return sorted((c for c in df.columns if "." in c), key=_column_order)
+
+
+# The terminal's default table (--wide: every column): these metrics, the runs scored, train time and the flags
+# fit in WIDTH characters; the paired gain over random init stays in table.md and --wide.
+NARROW = {"knn.top1": "kNN %", "linear.top1": "linear %", "kmeans.nmi": "NMI %"}
+WIDTH = 120
+# The encoder a method's features come from, where it is not the trained backbone: raw pixels and K-Means
+# features use none ("-"), the random-init floor the untrained backbone.
+ENCODER = {"raw": "-", "kmeans-features": "-", "random": "random {}"}
+DELTA = "Δ "  # columns added by 'repbench table --baseline' (bench/compare.py)
+
+
+def _fmt(mean: float, ci: float, scale: float, digits: int, pm: str = " ± ") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
     if isinstance(ci, float) and not math.isnan(ci):
-        return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
+        return f"{mean * scale:.{digits}f}{pm}{ci * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f}"
 
 
-def markdown(agg: pd.DataFrame) -> str:
+def _cells(agg: pd.DataFrame, c: str, pm: str) -> list[str]:
+    """Mean ± CI of one metric per row; "(n=k)" where fewer runs scored it than scored the row's other metrics."""
+    pct = not c.endswith(".mse")
+    n = agg[c + ".n"] if c + ".n" in agg else agg["scored"]
+    return [_fmt(m, e, 100 if pct else 1, 1 if pct else 4, pm) + (f" (n={k})" if 0 < k < s else "")
+            for m, e, k, s in zip(agg[c + ".mean"], agg[c + ".ci95"], n, agg["scored"], strict=True)]
+
+
+def markdown(agg: pd.DataFrame, wide: bool = True) -> str:
+    """The table as Markdown: every metric column (``wide``), or the terminal's NARROW one fitted to WIDTH."""
     metric_cols = sorted({c.rsplit(".", 1)[0] for c in agg.columns if c.endswith(".mean")} - {"train_s"},
                          key=_column_order)
-    cols = ["suite", "method", "variant", "backbone", "dataset", "recipe", "epochs", "train_n", "seeds"]
+    metric_cols = metric_cols if wide else [c for c in metric_cols if c in NARROW]
+    agg = agg.assign(backbone=[ENCODER.get(m, "{}").format(b) for m, b in zip(agg["method"], agg["backbone"], strict=True)])
+    if "scored" not in agg:
+        agg = agg.assign(scored=agg["seeds"])
+    cols = ["suite", "method", "variant", "backbone", "dataset", "recipe", "epochs", "train_n"]
     # Columns that are the same on every row say nothing; keep the table narrow.
-    shown = pd.DataFrame({k: agg[k] for k in cols if k in ("method", "seeds") or agg[k].nunique(dropna=False) > 1})
+    shown = pd.DataFrame({k: agg[k] for k in cols if k == "method" or agg[k].nunique(dropna=False) > 1})
+    shown["seeds"] = [f"{n}/{s}" for n, s in zip(agg["scored"], agg["seeds"], strict=True)]
     for c in metric_cols:
-        pct = not c.endswith(".mse")
-        shown[c + (" %" if pct else "")] = [_fmt(m, e, 100 if pct else 1, 1 if pct else 4)
-                                            for m, e in zip(agg[c + ".mean"], agg[c + ".ci95"], strict=True)]
+        label = c + (" %" if not c.endswith(".mse") else "") if wide else NARROW[c]
+        shown[label] = _cells(agg, c, " ± " if wide else "±")  # the terminal's spaces go to the flags
+    for c in (c for c in agg.columns if c.startswith(DELTA) and (wide or c[len(DELTA):] in NARROW)):
+        shown[c] = agg[c]
     shown["train s"] = [_fmt(m, math.nan, 1, 1) for m in agg["train_s.mean"]]
-    if VS_COLUMN in agg:
+    if VS_COLUMN in agg and wide:
         shown[VS_COLUMN] = agg[VS_COLUMN].fillna("-")
     shown["flags"] = agg["flags"]
-    return shown.to_markdown(index=False)
+    return shown.to_markdown(index=False) if wide else _fit(shown)
+
+
+def _fit(shown: pd.DataFrame) -> str:
+    """Markdown of ``shown`` with its free-text cells (variant, flags) cut with "…" until lines fit WIDTH."""
+    text = shown.to_markdown(index=False)
+    cuttable = sum(max(0, int(shown[c].astype(str).str.len().max()) - 8) for c in ("variant", "flags") if c in shown)
+    if max(map(len, text.splitlines())) - WIDTH > cuttable:  # too wide anyway (e.g. --baseline's columns)
+        return text
+    for col in ("variant", "flags"):
+        excess = max(map(len, text.splitlines())) - WIDTH
+        if excess <= 0 or col not in shown:
+            continue
+        keep = max(8, int(shown[col].astype(str).str.len().max()) - excess - 1)
+        shown[col] = [s if len(s) <= keep + 1 else s[:keep] + "…" for s in shown[col].astype(str)]
+        text = shown.to_markdown(index=False)
+    return text
 
 
 def _column_order(col: str) -> tuple[int, str]:
@@ -233,18 +200,23 @@ def _column_order(col: str) -> tuple[int, str]:
 
 
 def write_table(runs: Path, out: Path, columns: tuple[str, ...] = DEFAULT_COLUMNS,
-                records: list[dict] | None = None) -> tuple[str, Path, Path]:
+                records: list[dict] | None = None, wide: bool = False) -> tuple[str, Path, Path]:
     """Aggregate ``records`` (default: every record.json under ``runs``) into out/table.md and out/table.csv."""
-    if records is None:
-        loaded = _load(runs)
-        for path, rec in loaded:
-            _check_columns(path, rec, columns)
-        records = [rec for _, rec in loaded]
-    agg = aggregate(flatten(records, columns))
+    records = load_checked(runs, columns) if records is None else records
+    return write_aggregate(aggregate(flatten(records, columns)), out, wide or columns != DEFAULT_COLUMNS)
+
+
+def write_aggregate(agg: pd.DataFrame, out: Path, wide: bool = False) -> tuple[str, Path, Path]:
+    """out/table.md (every column) and out/table.csv; returns the terminal's text (NARROW unless ``wide``)."""
     common = {k: agg[k].iloc[0] for k in ("backbone", "dataset", "recipe", "epochs", "train_n") if agg[k].nunique() == 1}
     setting = ", ".join(f"{k} {v}" for k, v in common.items())
-    text = f"Mean ± 95% CI (t-interval) over seeds; {setting}.\n\n" + markdown(agg) + "\n"
+    deltas = any(c.startswith(DELTA) for c in agg.columns)
+    head = (f"Mean ± 95% CI (t-interval) over seeds; {setting}.\nseeds: scored / run; NMI: K-Means NMI"
+            + ("; Δ: A - baseline paired by seed, 95% CI, verdict" if deltas else "") + ".\n\n")
+    text = head + markdown(agg) + "\n"
     md, csv = Path(out) / "table.md", Path(out) / "table.csv"
     atomic_write_bytes(md, text.encode())
     atomic_write_bytes(csv, agg.to_csv(index=False).encode())
-    return text, md, csv
+    if wide:
+        return text, md, csv
+    return head + markdown(agg, wide=False) + f"\n(every column: {md}, or --wide)\n", md, csv

@@ -16,14 +16,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import NOT_IN_KEY, RunConfig
+from bench import ddp
+from bench.config import NOT_IN_KEY, RunConfig, TrainOptions
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
 from bench.data import DATASETS, Dataset, load_dataset
+from bench.ddp_train import trainer_class
 from bench.evaluate import check_before_training, check_protocol_args, evaluate, write_clip_benchmark
 from bench.monitor import Monitor, wanted
 from bench.store import provenance, read_json, remove_stale_temps, save_checkpoint, write_json
-from bench.train import CHECKPOINT, Trainer, seed_everything
+from bench.train import CHECKPOINT, seed_everything
 from methods import METHODS
 from methods.backbones import BACKBONES
 from methods.base import Context, Method, make_config
@@ -80,7 +82,7 @@ def run_dir_for(cfg: RunConfig, out: Path) -> Path:
 
 
 def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: bool = False,
-            progress: bool = True, ds: Dataset | None = None) -> dict[str, Any]:
+            progress: bool = True, ds: Dataset | None = None, train_opts: TrainOptions | None = None) -> dict[str, Any]:
     validate(cfg)
     ds = ds or load_dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class, cfg.image_size)
     if cfg.batch_size > len(ds.train_y):
@@ -92,8 +94,10 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run_dir)  # what a kill during an earlier run's writes left
     t0 = time.perf_counter()
-    training, throughput, monitored = train(method, ds, cfg, run_dir, resume, progress)
+    training, throughput, monitored = train(method, ds, cfg, run_dir, resume, progress, train_opts)
     train_s = time.perf_counter() - t0
+    if not ddp.is_main():  # under torchrun, rank 0 evaluates and writes the record
+        return {"run_id": cfg.run_id(), "status": training["status"]}
     # A diverged run is never scored (its weights are the last finite step's, not a trained model); the record
     # keeps status and step, and tables show it as a flag without numbers.
     metrics = {**evaluate(method, ds, cfg), **monitored} if training["status"] != "diverged" else {}
@@ -112,7 +116,8 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     return record
 
 
-def train(method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, resume: bool, progress: bool
+def train(method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, resume: bool, progress: bool,
+          train_opts: TrainOptions | None = None
           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Train (or fit) as the method declares; returns the record's training and throughput entries and the
     monitors' metrics (bench/monitor.py; a method without SGD epochs gets its kNN once, on the final model)."""
@@ -124,7 +129,7 @@ def train(method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, resume: bo
     if method.trained_by != "sgd":
         monitored = Monitor(method, ds, cfg, 1, 1).fitted_metrics() if wanted(cfg) else {}
         return {"status": "ok", "status_detail": {}}, {}, monitored
-    trainer = Trainer(method, ds, cfg, run_dir, progress)
+    trainer = trainer_class()(method, ds, cfg, run_dir, progress, train_opts)  # a torchrun rank's, or the plain loop
     state = trainer.fit(resume=resume)
     monitored = trainer.monitor.metrics() if trainer.monitor else {}
     return ({"status": state.status, "status_detail": state.status_detail, **trainer.summary()}, trainer.meter.summary(),
@@ -142,6 +147,7 @@ class Options:
     progress: bool = False
     reuse: bool = False
     keep_going: bool = False
+    train: TrainOptions = TrainOptions()  # compile, log sinks, log interval, progress lines (bench/config.py)
 
 
 def run_many(configs: list[RunConfig], out: Path, opts: Options = Options(), jobs: int = 1,
@@ -207,7 +213,7 @@ def _run_in_worker(cfg: RunConfig, out: Path, opts: Options, cache: dict | None 
         if measured_alike(rec.get("config", {}), cfg):
             return rec, time.perf_counter() - t
     try:
-        rec = run_one(cfg, out, opts.data_root, opts.resume, opts.progress, cache[key])
+        rec = run_one(cfg, out, opts.data_root, opts.resume, opts.progress, cache[key], opts.train)
     except UsageError:
         raise
     except (RuntimeError, ValueError, FloatingPointError) as err:

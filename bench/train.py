@@ -2,8 +2,10 @@
 
 Training images are uint8, resident on the device or, when memory-mapped or too large, streamed from the host
 (bench/data/stream.py); each step takes a batch by index and augments it batched on the device. The loop owns
-optimiser, schedule, AMP, checkpoints, the throughput meter, the watchdogs (divergence, collapse) and the monitors
-measured beside training (bench/monitor.py).
+optimiser, schedule, precision, checkpoints, the throughput meter, the watchdogs (divergence, collapse), the
+monitors measured beside training (bench/monitor.py) and the training logs (bench/logs.py). A step never waits on
+the device: losses, meters and the divergence check stay there until the reads every ``log_every`` steps and at
+each epoch's end (bench/steps.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import math
 import random
 import resource
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,37 +22,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench import collapse
+from bench import collapse, ddp
 from bench.augment import Augmenter
-from bench.config import RunConfig
-from bench.core.device import native_bf16
+from bench.config import RunConfig, TrainOptions
 from bench.core.errors import UsageError
 from bench.data import Dataset
 from bench.data.stream import training_source
+from bench.logs import StepLog, TrainLog
 from bench.monitor import Monitor, wanted
 from bench.optim import apply_recipe_step, build_optimizer, build_scheduler
+from bench.steps import Guard, Meter, PendingSteps, StepTimer, precision_for
 from bench.store import load_checkpoint, remove_stale_temps, save_checkpoint
 from methods.base import Batch, Method, TextTower
 
 CHECKPOINT = "checkpoint.pt"
 COLLAPSE_STD_RATIO = collapse.STD_RATIO_MIN  # the name tests and callers know
-
-
-@dataclass
-class Meter:
-    """Throughput: images per second (an image in two views counts once) and the data-wait share."""
-
-    images: int = 0
-    data_s: float = 0.0
-    compute_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    def summary(self) -> dict[str, float]:
-        total = self.data_s + self.compute_s
-        return {"images": self.images, "seconds": round(total, 3),
-                "images_per_s": round(self.images / total, 1) if total else 0.0,
-                "data_wait_share": round(self.data_s / total, 4) if total else 0.0,
-                "peak_mem_mb": round(self.peak_mem_mb, 1)}
 
 
 @dataclass
@@ -106,8 +91,10 @@ def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
 
 
 class Trainer:
-    def __init__(self, method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, progress: bool = True) -> None:
+    def __init__(self, method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, progress: bool = True,
+                 opts: TrainOptions | None = None) -> None:
         self.method, self.ds, self.cfg, self.run_dir, self.progress = method, ds, cfg, Path(run_dir), progress
+        self.opts = opts = opts or TrainOptions()
         method.to(memory_format=torch.channels_last)
         self.device = torch.device(cfg.device)
         # Pre-training images (train + unlabeled unless the method reads labels): resident on the device, or streamed
@@ -124,11 +111,20 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed)
         probe_idx = torch.randperm(len(self.source), generator=g)[:512]
         self.probe = self.augment.normalise(self.source.gather(probe_idx))
-        self.amp = cfg.amp and native_bf16(self.device) and not (self.device.type == "cpu" and method.float32_on_cpu())
-        self.meter = Meter()
+        self.precision = precision_for(cfg.precision, cfg.amp, self.device, method.float32_on_cpu())
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
+        self.compiled = torch.compile(method.training_step) if opts.compile else None
+        self.guard, self.timer, self.pending = Guard(self.device), StepTimer(self.device), PendingSteps()
+        self.steplog = StepLog(self.run_dir)  # written from fit on; a bare run_epoch (searches) logs nothing
+        self.log: TrainLog | None = None
+        self.meter, self.lr, self.epoch_losses = Meter(), 0.0, []
         self.state = TrainState()
         # kNN every N epochs and the online probe: measured beside training, never changing it (bench/monitor.py).
         self.monitor = Monitor(method, ds, cfg, self.steps_per_epoch, self.total_steps) if wanted(cfg) else None
+
+    @property
+    def amp(self) -> bool:  # bfloat16 autocast on: the name older callers know
+        return self.precision.dtype == torch.bfloat16
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -139,6 +135,7 @@ class Trainer:
             "status": self.state.status, "status_detail": self.state.status_detail,
             "history": self.state.history, "rng": rng_state(), "config_key": self.cfg.key(),
             "meter": self.meter.__dict__, **({"monitor": self.monitor.state_dict()} if self.monitor else {}),
+            **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
         })
 
     def restore(self) -> bool:
@@ -158,6 +155,8 @@ class Trainer:
             set_rng_state(ckpt["rng"])
             if self.monitor and "monitor" in ckpt:  # a checkpoint of a run without monitors: they start now
                 self.monitor.load_state_dict(ckpt["monitor"])
+            if self.scaler and "scaler" in ckpt:
+                self.scaler.load_state_dict(ckpt["scaler"])
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             # Same config, different code (a method gained a buffer, say): the state cannot be put back exactly.
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -177,17 +176,24 @@ class Trainer:
         return Batch(views=views, images=images, labels=self.labels[idx], index=idx, text=text)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        """One optimiser step, queued on the device without waiting for it; from the first non-finite loss on,
+        the update is skipped there (bench/steps.py), and the host learns of it at its next poll or read."""
         watch = self.monitor.watching(len(batch.labels)) if self.monitor else contextlib.nullcontext()
-        with autocast, watch:
-            out = self.method.training_step(batch)
+        with self.precision.autocast(self.device), watch:
+            out = (self.compiled or self.method.training_step)(batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            return out
+        self.guard.see(loss)
+        self.lr = self.opt.param_groups[0]["lr"]
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.guard.poison(self.opt)
+            self.scaler.unscale_(self.opt)  # clipping below sees the true gradients
+        else:
+            loss.backward()
+        ddp.average_gradients(self.method.parameters())  # the mean over torchrun's ranks (bench/ddp.py)
         apply_recipe_step(self.opt, self.method.parameters(), self.state.step, self.total_steps, self.cfg.recipe)
-        self.opt.step()
+        self.guard.update(self.opt, self.scaler)
         self.sched.step()
         if self.monitor:
             self.monitor.after_step(batch.labels, self.state.step)
@@ -204,28 +210,21 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(self.source), generator=g)
         fetch = self.source.batches(order, self.cfg.batch_size, self.steps_per_epoch)
-        losses = []
+        self.epoch_losses = []
         bar = tqdm(range(self.steps_per_epoch), desc=f"{self.cfg.method} ep {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
-        for i in bar:
-            t0 = time.perf_counter()
+        for _ in bar:
+            self.timer.mark()
             batch = self.batch(*next(fetch))  # waits here when a streamed batch is not ready yet
-            self.sync()
-            t1 = time.perf_counter()
+            self.timer.mark()
             out = self.step(batch)
-            loss = float(out["loss"].detach())
-            self.sync()
-            self.meter.data_s += t1 - t0
-            self.meter.compute_s += time.perf_counter() - t1
-            self.meter.images += len(batch.labels)
-            if not math.isfinite(loss):
-                self.state.status = "diverged"
-                self.state.status_detail = {"step": self.state.step + 1, "epoch": epoch + 1, "loss": str(loss)}  # "nan"/"inf"
+            self.timer.mark()
+            self.pending.add(self.state.step, epoch + 1, self.lr, len(batch.labels), out)
+            if (self.guard.poll() or self.state.step % self.opts.log_every == 0) and not self.read(bar):
                 return
-            losses.append(loss)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{self.meter.summary()['images_per_s']:.0f}")
-        entry = {"epoch": epoch + 1, "step": self.state.step, "loss": float(np.mean(losses)),
+        if not self.read(bar):
+            return
+        entry = {"epoch": epoch + 1, "step": self.state.step, "loss": float(np.mean(self.epoch_losses)),
                  "lr": self.opt.param_groups[0]["lr"], **collapse_stats(self.method, self.probe)}
         previous = self.state.history[-1] if self.state.history else None
         self.state.history.append(entry)
@@ -233,9 +232,42 @@ class Trainer:
         if collapsed:
             self.state.status, self.state.status_detail = "collapsed", {"reason": reason, **entry}
 
+    def read(self, bar: tqdm) -> bool:
+        """The pending steps to the host (one transfer): meters, steps.csv, sinks, progress. False, and the run
+        marked diverged at its first non-finite step, when one of them was; the steps queued after it are dropped."""
+        rows = self.pending.read(self.timer)
+        bad = next((i for i, r in enumerate(rows) if not math.isfinite(r["loss"])), None)
+        rows = rows if bad is None else rows[:bad + 1]
+        for r in rows:
+            self.meter.data_s, self.meter.compute_s = self.meter.data_s + r["data_s"], self.meter.compute_s + r["compute_s"]
+            self.meter.images += r["images"]
+        self.epoch_losses += [r["loss"] for r in rows if math.isfinite(r["loss"])]
+        if self.log:
+            self.log.rows(rows, bar)
+        if bad is None:
+            return True
+        last = rows[-1]
+        self.state.status = "diverged"
+        self.state.status_detail = {"step": last["step"], "epoch": last["epoch"], "loss": str(last["loss"])}  # "nan"/"inf"
+        self.state.step = last["step"] - 1  # the finite steps taken; the device skipped the rest
+        return False
+
     def fit(self, resume: bool = False) -> TrainState:
         if resume:
             self.restore()
+        if self.state.status == "ok":  # a run that diverged or collapsed before has nothing more to train or log
+            self.log = TrainLog(self.steplog, self.cfg, self.opts.log, self.opts.lines, self.total_steps, self.state.step)
+            try:
+                self.loop()
+            finally:
+                self.log.close()
+        if self.device.type == "cuda":
+            self.meter.peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.meter.peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self.state
+
+    def loop(self) -> None:
         self.method.train()
         while self.state.epoch < self.cfg.epochs and self.state.status == "ok":
             self.run_epoch(self.state.epoch)
@@ -243,16 +275,14 @@ class Trainer:
             if self.monitor and self.state.status != "diverged":
                 final = self.state.epoch == self.cfg.epochs or self.state.status != "ok"
                 self.monitor.after_epoch(self.state.epoch, final, self.state.history)
+            if self.state.history and self.state.history[-1]["epoch"] == self.state.epoch:
+                self.log.epoch(self.state.history[-1])
             self.save()
-        if self.device.type == "cuda":
-            self.meter.peak_mem_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.meter.peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return self.state
 
     def summary(self) -> dict[str, Any]:
         warmup = round(self.cfg.recipe.warmup_epochs * self.steps_per_epoch)
         return {"steps": self.state.step, "epochs": self.state.epoch, "steps_per_epoch": self.steps_per_epoch,
-                "autocast_bf16": self.amp,
+                "autocast_bf16": self.amp, "precision": self.precision.name,
+                "grad_scaler": self.scaler is not None, "compiled": self.opts.compile, "log_every": self.opts.log_every,
                 "lr": self.cfg.recipe.scaled_lr(self.cfg.batch_size), "warmup_steps": min(warmup, self.total_steps // 10),
                 "history": self.state.history, **({"monitor_s": round(self.monitor.seconds, 2)} if self.monitor else {})}

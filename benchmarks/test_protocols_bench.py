@@ -1,74 +1,68 @@
 """Protocol speed against the reference implementations, on Fashion-MNIST raw pixels (60k x 784 in [0, 1], 10k test).
 
-Targets (issue 6):
-- kNN (k=20, T=0.07, cosine, weighted vote): at or under faiss-cpu's exact search time, identical accuracy;
+Targets (issue 6, issue 18's honest references):
+- kNN (k=20, T=0.07, cosine, weighted vote -> top-1): at or under faiss-cpu's time (normalize_L2 + IndexFlatIP
+  search + the same vote), identical top-1;
 - linear probe (the default protocol: 15-value sweep on a validation split + refit): >= 10x faster than
-  scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200) at equal or better test accuracy (repbench's time
-  the mean of LINEAR_ROUNDS calls, each call's time in the results);
-- K-Means (K=10, one restart, fit on the 10k test split, 5 seeds): within 2x faiss's time, NMI >= scikit-learn's
-  (every contestant's time the mean of KMEANS_ROUNDS passes over the seeds: one ~0.6-s pass varied 0.6-1.2 s).
+  scikit-learn's LogisticRegression(lbfgs, C=1, max_iter=200) fit + score, at equal or better test accuracy;
+- K-Means (K=10, one restart, fit on the 10k test split, seeds 0-4): within 2x faiss's time, NMI >= scikit-learn's.
 
-Each reference runs in a fresh subprocess of the same pytest run, right before repbench's turn, with
-the same 2 threads: faiss-cpu bundles its own OpenMP runtime, whose idle workers spin on the 2 cores
-and starved torch when both lived in one process (measured: torch K-Means 9-23 s after faiss had run,
-1.0 s without it). Every process runs with OMP_WAIT_POLICY=PASSIVE (set here before torch loads, unless
-the caller set it): on this shared machine OpenMP's default spin-waiting made the linear probe 15-24 s
-instead of 8.3 s (same code, same load, alternating runs). Only computation is timed, for every contestant.
-Run: ``pytest benchmarks/test_protocols_bench.py --benchmark-only -s``; with REPBENCH_BENCH_OUT=DIR the
-measured table is also written to DIR/protocols.json and DIR/protocols.md. Ratios are asserted only with
-REPBENCH_BENCH_STRICT=1 (a loaded machine can invert any ratio); accuracies always.
+Every contestant, repbench included, runs once in its own fresh process (benchmarks/protocol_contestants.py)
+with a clean environment (PATH and HOME only): no OMP_NUM_THREADS, OMP_WAIT_POLICY or thread call of ours, so
+faiss, scikit-learn and torch each use their own default threads. Two times per contestant: the call alone
+(in-process, from the contestant) and the whole process (python start + imports + data load + call + output,
+the subprocess's wall time here). The reference runs right before repbench. All contestants read the same .npy
+arrays written once by this module. Run: ``pytest benchmarks/test_protocols_bench.py --benchmark-only -s``; with
+REPBENCH_BENCH_OUT=DIR the table is also written to DIR/protocols.json and DIR/protocols.md. Ratios are asserted
+only with REPBENCH_BENCH_STRICT=1 (a loaded machine can invert any ratio); outputs always.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-POLICY_BEFORE_TORCH = "torch" not in sys.modules
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import pytest
+import torch
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+from protocols import PROTOCOLS
+from protocols.base import Features
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from protocols import PROTOCOLS  # noqa: E402
-from protocols.base import Features, true_class_rank  # noqa: E402
-from protocols.knn import class_votes, search  # noqa: E402
-from protocols.solvers.kmeans import fit_predict  # noqa: E402
-
-THREADS = 2
-SEEDS = range(5)
-LINEAR_ROUNDS = 5
-KMEANS_ROUNDS = 3  # every K-Means contestant: the mean of 3 passes over the 5 seeds (~0.6 s each)
+ROOT = Path(__file__).resolve().parent.parent
+CONTESTANTS = Path(__file__).with_name("protocol_contestants.py")
 ROWS: dict[str, dict] = {}
+LOADS: list[str] = []
 STRICT = os.environ.get("REPBENCH_BENCH_STRICT") == "1"
 COMMAND = ("REPBENCH_BENCH_OUT=results/benchmarks pytest benchmarks/test_protocols_bench.py --benchmark-only -s "
            "-p no:cacheprovider")
 
 
-def load():
-    """Fashion-MNIST as float32 pixels in [0, 1]: (train x, train y, test x, test y)."""
-    from bench.data import load_dataset
-
-    ds = load_dataset("fashion-mnist")
-    flat = lambda t: t.reshape(len(t), -1).float().div_(255)
-    return flat(ds.train_x), ds.train_y, flat(ds.test_x), ds.test_y
+def uptime() -> str:
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 @pytest.fixture(scope="module")
-def fmnist():
-    torch.set_num_threads(THREADS)
+def fmnist(tmp_path_factory):
+    """A folder of x.npy, y.npy, xt.npy, yt.npy: Fashion-MNIST as float32 pixels in [0, 1] and int64 labels."""
+    from bench.data import load_dataset
+
     try:
-        data = load()
+        ds = load_dataset("fashion-mnist")
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"Fashion-MNIST not available: {err}")
-    yield data
+    folder = tmp_path_factory.mktemp("fmnist")
+    for name, t in (("x", ds.train_x), ("y", ds.train_y), ("xt", ds.test_x), ("yt", ds.test_y)):
+        arr = t.reshape(len(t), -1).float().div_(255).numpy() if name.startswith("x") else t.long().numpy()
+        np.save(folder / f"{name}.npy", arr)
+    LOADS.append(f"start: {uptime()}")
+    yield folder
+    LOADS.append(f"end: {uptime()}")
     _write_results()
 
 
@@ -78,161 +72,66 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def mean_time(fn, rounds: int, benchmark=None):
-    """(the last call's output, the mean seconds of ``rounds`` calls, each call's seconds), the calls made by
-    pytest-benchmark's ``pedantic`` when given its fixture."""
-    times = []
-
-    def once():
-        out, seconds = timed(fn)
-        times.append(seconds)
-        return out
-
-    if benchmark is None:
-        for _ in range(rounds):
-            out = once()
-    else:
-        out = benchmark.pedantic(once, rounds=rounds, iterations=1)
-    return out, sum(times) / rounds, [round(t, 3) for t in times]
-
-
-def knn_top1(score, index, train_y, test_y, k=20, t=0.07):
-    votes = class_votes(torch.as_tensor(score), train_y[torch.as_tensor(index)], 10, k, t)
-    return (true_class_rank(votes, test_y, votes=True) == 0).float().mean().item()
-
-
-# --------------------------------------------------------------------------- references, each in its own process
-
-
-def reference_faiss_knn(x, y, xt, yt):
-    import faiss
-
-    faiss.omp_set_num_threads(THREADS)
-    xn, qn = (torch.nn.functional.normalize(a, dim=1).numpy() for a in (x, xt))
+def contest(name: str, folder: Path) -> dict:
+    """Run contestant ``name`` in a fresh process with a clean environment: its JSON plus ``process_s``."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
     t = time.perf_counter()
-    index = faiss.IndexFlatIP(xn.shape[1])
-    index.add(xn)
-    score, idx = index.search(qn, 20)
-    seconds = time.perf_counter() - t
-    return {"seconds": seconds, "top1": knn_top1(score, idx, y, yt)}
-
-
-def reference_sklearn_linear(x, y, xt, yt):
-    from sklearn.linear_model import LogisticRegression
-
-    t = time.perf_counter()
-    model = LogisticRegression(C=1.0, max_iter=200).fit(x.numpy(), y.numpy())
-    seconds = time.perf_counter() - t
-    return {"seconds": seconds, "top1": float(model.score(xt.numpy(), yt.numpy()))}
-
-
-def reference_faiss_kmeans(x, y, xt, yt):
-    import faiss
-    from sklearn.metrics import normalized_mutual_info_score as nmi
-
-    faiss.omp_set_num_threads(THREADS)
-    xn = torch.nn.functional.normalize(xt, dim=1).numpy()
-
-    def five_seeds():
-        labels = []
-        for s in SEEDS:
-            km = faiss.Kmeans(xn.shape[1], 10, seed=1234 + s)
-            km.train(xn)
-            labels.append(km.index.search(xn, 1)[1][:, 0])
-        return labels
-
-    labels, seconds, times = mean_time(five_seeds, KMEANS_ROUNDS)
-    return {"seconds": seconds, "rounds_s": times, "nmi": float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))}
-
-
-def reference_sklearn_kmeans(x, y, xt, yt):
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import normalized_mutual_info_score as nmi
-
-    xn = torch.nn.functional.normalize(xt, dim=1).numpy()
-    labels, seconds, _ = mean_time(lambda: [KMeans(10, n_init=1, random_state=s).fit(xn).labels_ for s in SEEDS],
-                                   KMEANS_ROUNDS)
-    return {"seconds": seconds, "nmi": float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))}
-
-
-def isolated(name: str) -> dict:
-    """Run ``reference_<name>`` in a fresh Python process with THREADS threads everywhere; its JSON result."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "OPENBLAS_NUM_THREADS": str(THREADS),
-           "MKL_NUM_THREADS": str(THREADS), "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, env=env, cwd=root,
-                          check=False, timeout=3600)
+    done = subprocess.run([sys.executable, str(CONTESTANTS), name, str(folder)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, check=False, timeout=3600)
+    wall = time.perf_counter() - t
     if done.returncode != 0:
         if "No module named 'faiss'" in done.stderr:
             pytest.skip("faiss-cpu is not installed")
-        raise RuntimeError(f"reference {name} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"contestant {name} failed:\n{done.stderr[-2000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\n{name}: call {out['seconds']:.2f} s, process {wall:.2f} s, threads {out['threads']}, {uptime()}")
+    return {**out, "process_s": wall}
 
 
-# --------------------------------------------------------------------------- the comparisons
+def mean_nmi(labels: list[list[int]], folder: Path) -> float:
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    yt = np.load(folder / "yt.npy")
+    return float(np.mean([nmi(yt, lab) for lab in labels]))
 
 
 def test_knn_vs_faiss(benchmark, fmnist):
-    x, y, xt, yt = fmnist
-    ref = isolated("faiss_knn")
-    (score, index), t_ours = timed(lambda: benchmark.pedantic(lambda: search(x, xt, 20), rounds=1, iterations=1))
-    ours = knn_top1(score, index, y, yt)
-    record(benchmark, "knn", "kNN k=20 T=0.07 cosine, 60k -> 10k", "faiss-cpu IndexFlatIP", t_ours, ref["seconds"],
-           ours, ref["top1"], "top1", target="time ratio <= 1, identical accuracy", met=t_ours <= ref["seconds"])
-    assert abs(ours - ref["top1"]) <= 2e-4  # at most 2 of 10k test images on a float32 near-tie
-    assert not STRICT or t_ours <= ref["seconds"]
+    ref, ours = contest("faiss_knn", fmnist), contest("repbench_knn", fmnist)
+    everything = contest("repbench_knn_all", fmnist)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    record(benchmark, "knn", "kNN k=20 T=0.07 cosine weighted vote, 60k -> 10k", "faiss-cpu IndexFlatIP", ours, ref,
+           "top1", target="time ratio <= 1, identical top-1",
+           met=ours["seconds"] <= ref["seconds"] and abs(ours["top1"] - ref["top1"]) < 1e-6,
+           extra={"repbench_all_entries_s": round(everything["seconds"], 3),
+                  "repbench_all_entries_process_s": round(everything["process_s"], 3)})
+    assert abs(ours["top1"] - ref["top1"]) <= 2e-4  # at most 2 of 10k test images on a float32 near-tie
+    assert everything["top1"] == ours["top1"]  # the default call's ``knn`` entry is the same search and vote
+    assert not STRICT or ours["seconds"] <= ref["seconds"]
 
 
 def test_linear_vs_sklearn(benchmark, fmnist):
-    x, y, xt, yt = fmnist
-    ref = isolated("sklearn_linear")
-    # The mean of LINEAR_ROUNDS calls (the same result each time) against scikit-learn's one 30-s fit: both are
-    # averages over ~15-30 s of this host's fluctuating speed, where one 3-s call alone was 2.7-3.7 s.
-    out, t_ours, rounds = mean_time(lambda: PROTOCOLS.get("linear")(Features(x, y), Features(xt, yt)),
-                                    LINEAR_ROUNDS, benchmark)
-    entry = out["linear"]
-    single, t_single = timed(lambda: single_fit(x, y, xt, yt))
+    ref, ours = contest("sklearn_linear", fmnist), contest("repbench_linear", fmnist)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     record(benchmark, "linear", "linear probe (default: CLIP_benchmark sweep on a val split + refit)",
-           "sklearn LogisticRegression(lbfgs, C=1, max_iter=200)", t_ours, ref["seconds"], entry["top1"], ref["top1"],
-           "top1", target="time ratio <= 0.1, accuracy >= reference",
-           met=t_ours * 10 <= ref["seconds"] and entry["top1"] >= ref["top1"],
-           extra={**{k: entry[k] for k in ("regularisation", "fits", "iterations", "converged", "matmul_dtype")},
-                  "repbench_rounds_s": rounds,
-                  "single_fit_s": round(t_single, 3), "single_fit_top1": round(single["top1"], 4),
-                  "single_fit_iterations": single["iterations"]})
-    print("linear, each call (s):", ", ".join(f"{t:.2f}" for t in rounds))
-    assert entry["top1"] >= ref["top1"]
-    assert not STRICT or t_ours * 10 <= ref["seconds"]
-
-
-def single_fit(x, y, xt, yt):
-    """repbench's solver on sklearn's exact problem: raw pixels, C=1 (lambda = 1/N), to tolerance 1e-4."""
-    from protocols.solvers.lbfgs import fit
-    from protocols.solvers.logreg import Problem, predict_logits, with_bias
-    from protocols.solvers.products import product_dtype
-
-    problem = Problem.build(with_bias(x)[None], y[None], 10, product_dtype(len(x), torch.device("cpu")))
-    w, info = fit(problem, torch.tensor([[1.0 / len(x)]]), tol=1e-4)
-    top1 = (predict_logits(w[0, 0], xt).argmax(1) == yt).float().mean().item()
-    return {"top1": top1, "iterations": int(info["iterations"][0, 0])}
+           "sklearn LogisticRegression(lbfgs, C=1, max_iter=200)", ours, ref, "top1",
+           target="time ratio <= 0.1, accuracy >= reference",
+           met=ours["seconds"] * 10 <= ref["seconds"] and ours["top1"] >= ref["top1"])
+    assert ours["top1"] >= ref["top1"]
+    assert not STRICT or ours["seconds"] * 10 <= ref["seconds"]
 
 
 def test_kmeans_vs_faiss_and_sklearn(benchmark, fmnist):
-    from sklearn.metrics import normalized_mutual_info_score as nmi
-
-    _, _, xt, yt = fmnist
-    xn = torch.nn.functional.normalize(xt, dim=1)
-    ref, sk = isolated("faiss_kmeans"), isolated("sklearn_kmeans")
-    labels, t_ours, rounds = mean_time(
-        lambda: [fit_predict(xn, xn, 10, n_init=1, seeds=(s,))[0][0].numpy() for s in SEEDS], KMEANS_ROUNDS, benchmark)
-    ours = float(np.mean([nmi(yt.numpy(), lab) for lab in labels]))
-    record(benchmark, "kmeans", "K-Means K=10, n_init=1, fit on the 10k test split, 5 seeds", "faiss Kmeans (defaults)",
-           t_ours, ref["seconds"], ours, ref["nmi"], "nmi", target="time <= 2x faiss, NMI >= sklearn's",
-           met=t_ours <= 2 * ref["seconds"] and ours >= sk["nmi"],
-           extra={"sklearn_s": round(sk["seconds"], 3), "sklearn_nmi": round(sk["nmi"], 4),
-                  "repbench_rounds_s": rounds, "reference_rounds_s": ref["rounds_s"]})
-    assert ours >= sk["nmi"] - 0.02  # mean of 5 seeds; a single seed's NMI varies by ~0.02
-    assert not STRICT or (t_ours <= 2 * ref["seconds"] and ours >= sk["nmi"])
+    ref, sk, ours = (contest(n, fmnist) for n in ("faiss_kmeans", "sklearn_kmeans", "repbench_kmeans"))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for c in (ref, sk, ours):
+        c["nmi"] = mean_nmi(c.pop("labels"), fmnist)
+    record(benchmark, "kmeans", "K-Means K=10, n_init=1, fit on the 10k test split, seeds 0-4",
+           "faiss Kmeans (defaults)", ours, ref, "nmi", target="time <= 2x faiss, NMI >= sklearn's",
+           met=ours["seconds"] <= 2 * ref["seconds"] and ours["nmi"] >= sk["nmi"],
+           extra={"sklearn_s": round(sk["seconds"], 3), "sklearn_process_s": round(sk["process_s"], 3),
+                  "sklearn_nmi": round(sk["nmi"], 4), "sklearn_threads": sk["threads"]})
+    assert ours["nmi"] >= sk["nmi"] - 0.02  # mean of 5 seeds; a single seed's NMI varies by ~0.02
+    assert not STRICT or (ours["seconds"] <= 2 * ref["seconds"] and ours["nmi"] >= sk["nmi"])
 
 
 def test_default_protocols_on_small_features(benchmark):
@@ -255,14 +154,17 @@ def test_default_protocols_on_small_features(benchmark):
 # --------------------------------------------------------------------------- results
 
 
-def record(benchmark, key, what, reference, t_ours, t_ref, ours, ref, metric, *, target, met, extra=None):
-    row = {"what": what, "reference": reference, "repbench_s": round(t_ours, 3), "reference_s": round(t_ref, 3),
-           "time_ratio": round(t_ours / t_ref, 3), f"repbench_{metric}": round(ours, 4),
-           f"reference_{metric}": round(ref, 4), "target": target, "met": bool(met), **(extra or {})}
+def record(benchmark, key, what, reference, ours, ref, metric, *, target, met, extra=None):
+    row = {"what": what, "reference": reference, "repbench_s": round(ours["seconds"], 3),
+           "reference_s": round(ref["seconds"], 3), "repbench_process_s": round(ours["process_s"], 3),
+           "reference_process_s": round(ref["process_s"], 3), "time_ratio": round(ours["seconds"] / ref["seconds"], 3),
+           "process_ratio": round(ours["process_s"] / ref["process_s"], 3), f"repbench_{metric}": round(ours[metric], 4),
+           f"reference_{metric}": round(ref[metric], 4), "repbench_threads": ours["threads"],
+           "reference_threads": ref["threads"], "target": target, "met": bool(met), **(extra or {})}
     ROWS[key] = row
     benchmark.extra_info.update(row)
-    print(f"\n{key}: repbench {t_ours:.2f} s vs {reference} {t_ref:.2f} s (ratio {t_ours / t_ref:.3f}); "
-          f"{metric} {ours:.4f} vs {ref:.4f}")
+    print(f"\n{key}: repbench {row['repbench_s']} s (process {row['repbench_process_s']} s) vs {reference} "
+          f"{row['reference_s']} s (process {row['reference_process_s']} s); {metric} {ours[metric]:.4f} vs {ref[metric]:.4f}")
 
 
 def _write_results():
@@ -273,51 +175,48 @@ def _write_results():
 
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     meta = {"git_sha": _git("rev-parse", "HEAD"), "git_dirty_outside_results": None if status is None else bool(status),
-            "cpu": device_name("cpu"),
-            "threads": THREADS, "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "policy_set_before_torch": POLICY_BEFORE_TORCH,
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2), "command": COMMAND,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "cpu": device_name("cpu"), "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+            "threads": "each contestant's own default (no setting of ours; see the threads columns)",
+            "seeds": "K-Means 0-4 (faiss seed 1234 + s); kNN and the linear probe are deterministic",
+            "load": LOADS, "command": COMMAND, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     (path / "protocols.json").write_text(json.dumps({"meta": meta, "results": ROWS}, indent=2) + "\n")
-    lines = ["# Protocol benchmarks: Fashion-MNIST raw pixels, 2 threads", "",
+    (path / "protocols.md").write_text("\n".join(_markdown(meta)) + "\n")
+
+
+def _markdown(meta: dict) -> list[str]:
+    lines = ["# Protocol benchmarks: Fashion-MNIST raw pixels, every library under its own defaults", "",
              f"Measured {meta['time']}, code {meta['git_sha']} (dirty outside results/: "
-             f"{meta['git_dirty_outside_results']}), on {meta['cpus']} CPUs of {meta['cpu']} (shared; 1-minute "
-             f"load average at the end {meta['load_average_1m_at_end']}), torch {meta['torch']}. Each reference "
-             f"ran in its own fresh "
-             f"process of the same run, just before repbench; only computation is timed; OMP_WAIT_POLICY="
-             f"{meta['omp_wait_policy']} in every process.", "",
-             f"Command: `{COMMAND}`", "",
-             "| protocol | repbench s | reference | reference s | ratio | repbench | reference | target | met |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{meta['git_dirty_outside_results']}), on {meta['cpus']} CPUs of {meta['cpu']}, torch {meta['torch']}. "
+             f"The 2 cores were shared with other work during the run ({'; '.join(meta['load'])}), so every time "
+             "is inflated and ratios hold only within this one run. Each contestant ran once, in its own fresh process "
+             "with a clean environment (no thread or OpenMP setting of ours), the reference right before repbench. "
+             "call = the call alone, in-process; process = python start + imports + data load + call. "
+             f"Seeds: {meta['seeds']}.", "", f"Command: `{meta['command']}`", "",
+             "| protocol | repbench call s | repbench process s | reference | reference call s | reference process s | "
+             "call ratio | process ratio | repbench | reference | threads (repbench / reference) | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in ROWS.items():
         if "reference" not in r:
             continue
-        metric = next(k.removeprefix("reference_") for k in r if k.startswith("reference_") and k != "reference_s")
-        lines.append(f"| {key}: {r['what']} | {r['repbench_s']} | {r['reference']} | {r['reference_s']} | "
-                     f"{r['time_ratio']} | {metric} {r['repbench_' + metric]} | {r['reference_' + metric]} | "
-                     f"{r['target']} | {'yes' if r['met'] else 'no'} |")
-        if "repbench_rounds_s" in r:
-            lines.append(f"| {key}: each of the {len(r['repbench_rounds_s'])} timed calls (s) | "
-                         f"{', '.join(map(str, r['repbench_rounds_s']))} | | "
-                         f"{', '.join(map(str, r.get('reference_rounds_s', [])))} | | | | | |")
-        if "single_fit_s" in r:
-            lines.append(f"| {key}: one fit of sklearn's problem (raw pixels, C=1, tol 1e-4, "
-                         f"{r['single_fit_iterations']} iterations) | {r['single_fit_s']} | same | {r['reference_s']} | "
-                         f"{round(r['single_fit_s'] / r['reference_s'], 3)} | top1 {r['single_fit_top1']} | "
-                         f"{r['reference_top1']} | | |")
+        metric = next(k.removeprefix("reference_") for k in r if k.startswith("reference_")
+                      and k not in ("reference_s", "reference_process_s", "reference_threads"))
+        lines.append(f"| {key}: {r['what']} | {r['repbench_s']} | {r['repbench_process_s']} | {r['reference']} | "
+                     f"{r['reference_s']} | {r['reference_process_s']} | {r['time_ratio']} | {r['process_ratio']} | "
+                     f"{metric} {r['repbench_' + metric]} | {r['reference_' + metric]} | {r['repbench_threads']} / "
+                     f"{r['reference_threads']} | {r['target']} | {'yes' if r['met'] else 'no'} |")
+        if "repbench_all_entries_s" in r:
+            lines.append(f"| {key}: the default call (7 entries, k up to 200, plus a euclidean search) | "
+                         f"{r['repbench_all_entries_s']} | {r['repbench_all_entries_process_s']} | | | | | | | | | | |")
         if "sklearn_s" in r:
-            lines.append(f"| {key}: same, scikit-learn | | KMeans(n_init=1) | {r['sklearn_s']} | "
-                         f"{round(r['repbench_s'] / r['sklearn_s'], 3)} | | {metric} {r['sklearn_nmi']} | | |")
+            lines.append(f"| {key}: same, scikit-learn | | | KMeans(n_init=1) | {r['sklearn_s']} | {r['sklearn_process_s']} | "
+                         f"{round(r['repbench_s'] / r['sklearn_s'], 3)} | "
+                         f"{round(r['repbench_process_s'] / r['sklearn_process_s'], 3)} | | {metric} {r['sklearn_nmi']} | "
+                         f"/ {r['sklearn_threads']} | | |")
     if "defaults_5000x256" in ROWS:
         d = ROWS["defaults_5000x256"]
-        lines += ["", "Default protocol calls on 5000 x 256 train / 10000 x 256 test features (what the pipeline runs): "
-                  + ", ".join(f"{k} {v} s" for k, v in d["seconds"].items()) + f" (target: {d['target']})."]
-    (path / "protocols.md").write_text("\n".join(lines) + "\n")
-
-
-if __name__ == "__main__":  # a reference, run by ``isolated`` in its own process
-    torch.set_num_threads(THREADS)
-    result = globals()[f"reference_{sys.argv[1]}"](*load())
-    print(json.dumps(result))
+        lines += ["", "Default protocol calls on 5000 x 256 train / 10000 x 256 test features (what the pipeline runs), "
+                  "in the pytest process: " + ", ".join(f"{k} {v} s" for k, v in d["seconds"].items())
+                  + f" (target: {d['target']})."]
+    return lines

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.core import dist as cdist
 from bench.core.errors import UsageError
 from methods.base import Batch, Context, Decoder, Method
 from methods.losses.reconstruction import reconstruction_loss
@@ -35,11 +36,13 @@ class AutoencoderConfig:
 
 
 def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
-    """The denoising autoencoder's input; 0 is the dataset's mean pixel once normalised."""
+    """The denoising autoencoder's input; 0 is the dataset's mean pixel once normalised. The noise is this rank's
+    rows of the global batch's draw (bench/core/dist.py: local_draw)."""
     if noise == "gaussian":
-        return x + level * torch.randn_like(x)
+        return x + level * cdist.local_draw(lambda m: torch.randn(m, *x.shape[1:], dtype=x.dtype, device=x.device), len(x))
     if noise == "mask":
-        return x * (torch.rand_like(x[:, :1]) >= level)
+        keep = cdist.local_draw(lambda m: torch.rand(m, 1, *x.shape[2:], dtype=x.dtype, device=x.device), len(x)) >= level
+        return x * keep
     return x
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context
 from methods.byol import AsymmetricViews
 from methods.heads import Projected, mlp
@@ -43,7 +44,8 @@ class BarlowTwins(Projected):
         self.views = cfg.views()
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        z1, z2 = (self.embed(x) for x in batch.views)
+        # Standardised and correlated over the global batch (VICReg's variance and covariance too): gathered.
+        z1, z2 = (cdist.gather(self.embed(x)) for x in batch.views)
         return {"loss": self.loss(z1, z2)}
 
     def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

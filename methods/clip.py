@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context, Method, TextTower
 from methods.losses.clip import clip_loss
 from methods.spec import MAX_DEPTH, MAX_DIM, MAX_TEMPERATURE, MAX_TOKENS, Knob, Recipe, ViewConfig, opt
@@ -111,7 +112,9 @@ class CLIP(Method, TextTower):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         text = batch.text if batch.text is not None else self.class_tokens[batch.labels]
         scale = self.scale()
-        loss = clip_loss(self.encode_image(batch.views[0]), self.encode_tokens(text), scale)
+        # Every rank's pairs are negatives: the global batch's loss on each rank (bench/core/dist.py).
+        images, texts = cdist.gather(self.encode_image(batch.views[0])), cdist.gather(self.encode_tokens(text))
+        loss = clip_loss(images, texts, scale)
         return {"loss": loss, "logit_scale": scale.detach()}
 
     def on_step_end(self, step: int, total: int) -> None:

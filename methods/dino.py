@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context, Method
 from methods.ema import EMA
 from methods.losses.dino import dino_loss
@@ -108,6 +109,10 @@ class DINO(Method):
         self.teacher = EMA(self.student_backbone, self.student_head, momentum=cfg.momentum, final=1.0)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        # Host copies of the counters the step reads: int() of a device buffer at every step would wait on the GPU.
+        # Read from the buffers once after a build or a load_state_dict, then kept in step by on_step_end.
+        self._host: dict[str, int] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._host.clear())
         self._batch_center: torch.Tensor | None = None
         jitter = dict(strength=cfg.jitter_strength)
         small = local_size(ctx.image_size, cfg.local_size_ratio, cfg.local_min_size, self.student_backbone)
@@ -129,9 +134,14 @@ class DINO(Method):
         round-off left around it, which still looks spread: the embedding watched is the raw one."""
         raw = self.teacher(images).float()
         student = self.student_head(self.student_backbone(images)).float()
-        teacher_probs = F.softmax((raw - self.center) / self.teacher_temp(int(self.steps_done)), dim=-1)
+        teacher_probs = F.softmax((raw - self.center) / self.teacher_temp(self.steps_so_far()), dim=-1)
         return {"embedding": raw, "teacher_probs": teacher_probs,
                 "student_probs": F.softmax(student / self.cfg.student_temp, dim=-1)}
+
+    def steps_so_far(self) -> int:
+        if "steps" not in self._host:
+            self._host["steps"] = int(self.steps_done)
+        return self._host["steps"]
 
     def teacher_temp(self, step: int) -> float:
         cfg = self.cfg
@@ -141,12 +151,13 @@ class DINO(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, views = self.cfg, batch.views
-        step = int(self.steps_done)
+        step = self.steps_so_far()
         freeze = step < round(cfg.freeze_last_layer * self.total_steps)
         student = self.student_head(forward_by_resolution(self.student_backbone, views), freeze).chunk(len(views))
         with torch.no_grad():
             teacher = self.teacher(torch.cat(views[:2])).chunk(2)
-        self._batch_center = torch.cat(teacher).float().mean(dim=0, keepdim=True)
+        # The center follows the global batch's mean (equal rows per rank: the mean of the ranks' means).
+        self._batch_center = cdist.reduce_mean_detached(torch.cat(teacher).float().mean(dim=0, keepdim=True))
         loss = dino_loss(student, teacher, self.center, cfg.student_temp, self.teacher_temp(step))
         return {"loss": loss}
 
@@ -159,3 +170,4 @@ class DINO(Method):
             self.center.mul_(m).add_(self._batch_center, alpha=1 - m)
         self._batch_center = None
         self.steps_done.fill_(step)
+        self._host["steps"] = step

@@ -27,6 +27,8 @@ class EMA(nn.Module):
     weights live in the method's state dict and a checkpoint restores the teacher. Its parameters
     do not require grad, which keeps them out of the optimiser. Only parameters are averaged;
     the target's normalisation statistics come from its own forward passes (MoCo, BYOL, DINO do the same).
+    Across ranks the target stays identical with no communication of its own: the online parameters are identical
+    after the gradient average, and with synchronised BN so are the statistics its forward passes record.
     """
 
     def __init__(self, *online: nn.Module, momentum: float, final: float | None = None) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context, Method
 from methods.heads import mlp
 from methods.losses.instdisc import nce_loss
@@ -81,12 +82,13 @@ class InstDisc(Method):
             pos = (f * self.bank[batch.index].to(f.dtype)).sum(dim=1, keepdim=True)
             logits = torch.cat([pos, f @ self.bank[noise].T.to(f.dtype)], dim=1) / cfg.temperature
             if torch.isnan(self.log_z):
-                # Z = n * E[exp(v.f / T)], estimated from this first batch's samples (paper Sec. 3.2).
+                # Z = n * E[exp(v.f / T)], estimated from this first (global) batch's samples (paper Sec. 3.2).
                 with torch.no_grad():
-                    self.log_z.fill_(float(torch.logsumexp(logits.float().flatten(), 0)) - math.log(logits.numel())
-                                     + math.log(self.num_train))
+                    seen = cdist.gather_detached(logits).float().flatten()
+                    self.log_z.fill_(float(torch.logsumexp(seen, 0)) - math.log(seen.numel()) + math.log(self.num_train))
             loss = nce_loss(logits, self.log_z, self.num_train)
-        self._pending = (batch.index, f.detach())
+        # Every rank's bank takes the whole global batch, so the banks stay identical.
+        self._pending = (cdist.gather_detached(batch.index), cdist.gather_detached(f))
         return {"loss": loss}
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.core import dist as cdist
 from bench.core.errors import UsageError
 from methods.backbones import build_backbone
 from methods.base import Batch, Context, Decoder, Method
@@ -88,10 +89,11 @@ class MAE(Method, Decoder):
         self.image_size = ctx.image_size
         self.views = (ViewConfig(scale=(cfg.crop_scale_min, 1.0), jitter_p=0.0, gray_p=0.0),)
 
-    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """Mask, encode, decode: (pred (N, L, P), target patches (N, L, P), mask (N, L), keep_idx)."""
+    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None, masks: tuple | None = None):
+        """Mask, encode, decode: (pred (N, L, P), target patches (N, L, P), mask (N, L), keep_idx).
+        ``masks``: (keep_idx, mask) drawn by the caller; else drawn here for these N rows."""
         length = self.encoder.num_patches
-        keep_idx, mask = random_masking(len(x), length, self.cfg.mask_ratio, x.device, generator)
+        keep_idx, mask = masks or random_masking(len(x), length, self.cfg.mask_ratio, x.device, generator)
         pred = self.decoder(self.encoder.forward_tokens(x, keep_idx), keep_idx, length)
         return pred, patchify(x, self.encoder.patch_size), mask, keep_idx
 
@@ -104,7 +106,11 @@ class MAE(Method, Decoder):
         return pred * std + mean
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        pred, target, mask, _ = self.predict(batch.views[0])
+        x = batch.views[0]
+        # This rank's rows of the global batch's masks: the ranks draw alike and their RNGs stay in step.
+        n = len(x)
+        masks = random_masking(n * cdist.world_size(), self.encoder.num_patches, self.cfg.mask_ratio, x.device)
+        pred, target, mask, _ = self.predict(x, masks=tuple(m[cdist.local_rows(n)] for m in masks))
         return {"loss": mae_loss(pred, target, mask, self.cfg.norm_pix)}
 
     def extra_metrics(self, test_images: torch.Tensor) -> dict[str, dict]:

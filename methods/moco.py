@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context, Method
 from methods.ema import EMA, MOMENTUM_KNOB
 from methods.heads import mlp
@@ -85,17 +86,31 @@ class MoCoV3Config(MoCoConfig):
 
 def grouped_forward(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, groups: int,
                     shuffle: bool) -> torch.Tensor:
-    """``net`` applied to ``groups`` sub-batches, so BN sees per-group statistics (MoCo's per-GPU BN).
+    """``net`` applied one BN group at a time, so BN sees per-group statistics (MoCo's per-GPU BN).
 
-    With ``shuffle`` the samples are permuted before grouping and restored after (shuffled BN).
-    Groups keep at least two samples (BN needs them).
+    The groups are laid over the global batch (every rank's rows, rank-major): its row p is in group
+    ``p % groups``, and each rank forwards its rows of group 0, 1, ... in turn. With synchronised BN a group's
+    statistics are then those of the whole group at any world size, so 1 process x B and W processes x B/W agree,
+    and every rank computes at once (plain per-rank BN would instead see groups W times smaller).
+    Groups keep at least two rows of the global batch (BN needs them); one group is one plain forward. With
+    ``shuffle`` (the key encoder, no gradient) the global batch is permuted first, as MoCo's multi-GPU
+    ``_batch_shuffle_ddp``, so a query and its key never share BN statistics.
+
+    Shape: x (n, ...) this rank's rows -> (n, ...) in the same order.
     """
-    groups = max(1, min(groups, len(x) // 2))
+    n = len(x)
+    groups = max(1, min(groups, n * cdist.world_size() // 2))
     if groups == 1:
         return net(x)
-    perm = torch.randperm(len(x), device=x.device) if shuffle else torch.arange(len(x), device=x.device)
-    out = torch.cat([net(chunk) for chunk in x[perm].tensor_split(groups)])
-    return out[torch.argsort(perm)]
+    if shuffle:
+        perm = cdist.broadcast(torch.randperm(n * cdist.world_size(), device=x.device))
+        x = cdist.gather_detached(x)[perm][cdist.local_rows(n)]
+    start = cdist.rank() * n
+    rows = [torch.arange((g - start) % groups, n, groups, device=x.device) for g in range(groups)]
+    out = torch.cat([net(x[r]) for r in rows])[torch.argsort(torch.cat(rows))]
+    if shuffle:
+        out = cdist.gather_detached(out)[torch.argsort(perm)][cdist.local_rows(n)]
+    return out
 
 
 class MoCo(Method):
@@ -154,9 +169,12 @@ class MoCo(Method):
         for xq, xk in pairs:
             q = grouped_forward(self._query, xq, cfg.shuffle_bn_groups, shuffle=False)
             k = self._key(xk)
+            if queue is None:  # in-batch negatives (v3): every rank's keys, the global batch's loss on each rank
+                q, k = cdist.gather(q), cdist.gather_detached(k)
             loss = loss + scale * info_nce_loss(q, k, queue, cfg.temperature)
             keys.append(k)
-        self._new_keys = torch.cat(keys)
+        if cfg.queue_size:  # the queue takes the global batch's keys, in its order, on every rank
+            self._new_keys = torch.cat([cdist.gather_detached(k) for k in keys])
         return {"loss": loss}
 
     @torch.no_grad()

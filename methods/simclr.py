@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context
 from methods.heads import Projected, mlp
 from methods.losses.contrastive import nt_xent_loss
@@ -60,5 +61,6 @@ class SimCLR(Projected):
         self.views = (view, view)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        z0, z1 = (self.embed(v) for v in batch.views)
+        # Every rank's embeddings are negatives: the global batch's loss on each rank (bench/core/dist.py).
+        z0, z1 = (cdist.gather(self.embed(v)) for v in batch.views)
         return {"loss": nt_xent_loss(z0, z1, self.cfg.temperature)}

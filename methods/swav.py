@@ -7,6 +7,8 @@ equally, and every other view predicts those codes (swapped prediction, temperat
 batch-256 setting) get a queue of past projections for Sinkhorn, filled from ``queue_start`` of
 training and used once full; it is capped at half the training set (recorded in ``self.cfg``). The
 prototypes are frozen for the first ``freeze_prototypes`` of training. Protocols see the backbone.
+Across ranks Sinkhorn's sums are all-reduced and the queue takes the gathered rows of the global batch (the same
+queue on every rank), so W ranks compute the codes one process computes for the global batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core import dist as cdist
 from methods.base import Batch, Context, Method
 from methods.heads import mlp
 from methods.losses.swav import swav_loss
@@ -59,18 +62,28 @@ class SwAV(Method):
         self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.out_dim))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # rows filled so far
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        # Host copies of the counters the step reads: int() of a device buffer at every step would wait on the GPU.
+        # Read from the buffers once after a build or a load_state_dict, then kept in step by on_step_end.
+        self._host: dict[str, int] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._host.clear())
         self._new_rows: torch.Tensor | None = None
         common = dict(strength=cfg.jitter_strength, blur_p=cfg.blur_p)
         small = local_size(ctx.image_size, cfg.local_size_ratio, cfg.local_min_size, self.encoder)
         self.views = (*[ViewConfig(scale=cfg.global_scale, **common)] * 2,
                       *[ViewConfig(size=small, scale=cfg.local_scale, **common)] * cfg.n_local_crops)
 
+    def counter(self, name: str) -> int:
+        """``steps`` done or ``queue`` rows filled, from the host copies."""
+        if not self._host:
+            self._host.update(steps=int(self.steps_done), queue=int(self.queue_count))
+        return self._host[name]
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.encoder(images)), dim=1)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, views, n = self.cfg, batch.views, len(batch.views[0])
-        step = int(self.steps_done)
+        step = self.counter("steps")
         with torch.no_grad():  # prototypes live on the unit sphere (the official code renormalises each step)
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         z = F.normalize(self.projector(forward_by_resolution(self.encoder, views)), dim=1)
@@ -79,9 +92,12 @@ class SwAV(Method):
             w = w.detach()
         scores = (z @ w.T).chunk(len(views))
         queue_scores = None
-        if cfg.queue_length and int(self.queue_count) >= cfg.queue_length:
-            queue_scores = [self.queue[i].to(w.dtype) @ w.detach().T for i in range(2)]
-        loss = swav_loss(scores, cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations, (0, 1), queue_scores)
+        if cfg.queue_length and self.counter("queue") >= cfg.queue_length:
+            # Every rank holds the whole queue and brings its share of the rows to the all-reduced Sinkhorn.
+            share = [self.queue[i].tensor_split(cdist.world_size())[cdist.rank()] for i in range(2)]
+            queue_scores = [rows.to(w.dtype) @ w.detach().T for rows in share]
+        loss = swav_loss(scores, cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations, (0, 1), queue_scores,
+                         cdist.reduce_sum, cdist.reduce_max_detached)
         if cfg.queue_length and step >= round(cfg.queue_start * self.total_steps):
             self._new_rows = z[: 2 * n].detach().view(2, n, -1)
         return {"loss": loss}
@@ -90,8 +106,10 @@ class SwAV(Method):
     def on_step_end(self, step: int, total: int) -> None:
         self.total_steps = total
         self.steps_done.fill_(step)
-        if self._new_rows is not None:
-            self._push(self._new_rows)
+        self.counter("steps")  # the copies exist before they are kept in step
+        self._host["steps"] = step
+        if self._new_rows is not None:  # the global batch's rows, in its order, on every rank
+            self._push(cdist.gather_detached(self._new_rows.transpose(0, 1).contiguous()).transpose(0, 1))
         self._new_rows = None
 
     def _push(self, rows: torch.Tensor) -> None:
@@ -100,3 +118,4 @@ class SwAV(Method):
         rows = rows[:, :length]
         self.queue.copy_(torch.cat([rows.to(self.queue.dtype), self.queue[:, : length - rows.shape[1]]], dim=1))
         self.queue_count.copy_(torch.clamp(self.queue_count + rows.shape[1], max=length))
+        self._host["queue"] = min(self.counter("queue") + rows.shape[1], length)

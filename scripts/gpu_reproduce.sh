@@ -2,8 +2,10 @@
 # What reproducing lightly's CIFAR-10 table costs on one GPU, measured on CIFAR-shaped synthetic data (a lent GPU
 # has no internet and no CIFAR): 2 epochs of each of the 7 presets at batch 512 (kNN k=200 every epoch, as
 # published), then seconds per epoch -> the whole table at 200 and 800 epochs. Accuracies on this data mean nothing.
-# Same set-up as scripts/gpu_check.sh (kornia wheels in .whl/); writes under $OUT.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# Same set-up as scripts/gpu_check.sh (its --prepare puts kornia wheels in scratch/gpu/wheels: carry scratch/gpu);
+# it needs about 450 s of its own, so it is a second device call, not a stage of gpu_check.sh. Writes under $OUT.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  scratch/gpu/wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 REPBENCH_CACHE=/tmp/rbcache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 scripts/fake_cifar.py /tmp/fakecifar > /dev/null || exit 1

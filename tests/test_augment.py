@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bench.augment import Augmenter, ViewConfig
@@ -31,16 +32,26 @@ def test_view_size_and_normalisation():
     assert torch.allclose(v, (expected - 0.5) / 0.25, atol=0.15)
 
 
-def test_batched_crop_equals_kornias_crop_of_the_same_boxes():
-    from bench.augment import BatchedResizedCrop
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [20, 8])  # global and multi-crop local views
+def test_batched_crop_equals_kornias_crop_of_the_same_boxes(channels, size):
+    import kornia.augmentation as K
 
-    x = torch.rand(32, 3, 20, 20, generator=torch.Generator().manual_seed(0))
-    for size in (20, 8):  # global and multi-crop local views
-        crop = BatchedResizedCrop(size, (0.08, 1.0), (3 / 4, 4 / 3))
-        torch.manual_seed(1)
-        ours = crop(x)
-        torch.manual_seed(1)  # the same global draws give kornia the same boxes
-        reference = crop.sampler(x, params=crop.sampler.forward_parameters(x.shape))
-        assert ours.shape == reference.shape == (32, 3, size, size)
-        assert torch.allclose(ours, reference, atol=1e-5)
-        assert not torch.allclose(ours[0], ours[1])  # boxes differ per sample
+    from bench import augment_ops as ops
+    from bench.augment import view_constants
+
+    torch.manual_seed(1)
+    x = torch.rand(32, channels, 20, 20)
+    cfg = torch.tensor([view_constants(ViewConfig(scale=(0.08, 1.0)), channels, 20)] * 2)
+    p = ops.draw(cfg, 32, 20, 20)
+    ours = ops.resized_crop(x * 255, p["box"], p["flip"], size, 1 / 255)
+    x0, y0, x1, y1 = p["box"].unbind(1)
+    rrc = K.RandomResizedCrop((size, size))
+    params = rrc.forward_parameters((64, channels, 20, 20))
+    params["src"] = torch.stack([torch.stack(c, 1) for c in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], 1)
+    reference = rrc(x.repeat(2, 1, 1, 1), params=params)
+    reference = torch.where(p["flip"].view(-1, 1, 1, 1), reference.flip(-1), reference)
+    assert ours.shape == reference.shape == (64, channels, size, size)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert not torch.allclose(ours[0], ours[1])  # boxes differ per sample
+    assert p["flip"].any() and not p["flip"].all()

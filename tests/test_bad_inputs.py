@@ -209,6 +209,11 @@ CASES.append(Bad("table-binary-record", "table", lambda d, ctx: ["table", "--run
 CASES.append(Bad("table-json-but-not-a-record", "table", lambda d, ctx: ["table", "--runs", _records(d, '{"hello": 1}')],
                  "record"))
 simple("table-metric-without-field", ["table", "--runs", "/nonexistent", "--metrics", "knn"], "not KEY.FIELD")
+simple("compare-missing-folder", ["compare", "/nonexistent/a", "/nonexistent/b"], "no results directory /nonexistent/a")
+made("report-empty-runs-folder", "report", "no record.json under", lambda d, ctx: ["report", "--runs", d, "--out", d / "site"])
+made("config-folder-without-record", "config", "no record.json in", lambda d, ctx: ["config", "--run", d])
+made("report-truncated-record", "report", "cannot read",
+     lambda d, ctx: ["report", "--runs", _records(d, '{"config"'), "--out", d / "site"])
 
 
 @case("table-out-under-a-file", "table", "cannot write", needs_run=True)
@@ -318,9 +323,9 @@ simple("search-zero-trials", ["search", "--method", "simclr", "--trials", "0"], 
 simple("search-two-seeds", ["search", "--method", "simclr", "--seeds", "2"], "at least 3 seeds")
 
 
-@case("search-storage-unreachable", "search", "cannot reach storage")
+@case("search-storage-unreachable", "search", "cannot connect")
 def _(d, ctx):
-    # Without a PostgreSQL driver installed this is "cannot import"; with one, port 1 on the loopback refuses at once.
+    # Port 1 on the loopback refuses at once; the server is checked before anything is written.
     return ["search", "--method", "simclr", "--suite", "smoke", "--trials", "1", "--seeds", "0",
             "--storage", "postgresql://user@127.0.0.1:1/db", "--out", d / "out"]
 

@@ -478,7 +478,7 @@ def test_newer_source_is_staged_again(env, fake, unpacked, cli, tmp_path):
     staged = next(cache.glob("fashion-mnist/*/FashionMNIST/raw/train-labels-idx1-ubyte"))
     staged.write_bytes(b"stale")
     os.utime(staged, (1, 1))
-    assert cli(*_run_fm(env, src))[0] == 0
+    assert cli(*_run_fm(env, src), "--force")[0] == 0  # the same config again: rerun, not skipped
     assert hashlib.sha256(staged.read_bytes()).hexdigest() == unpacked["train-labels-idx1-ubyte"]
 
 

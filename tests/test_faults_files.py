@@ -178,11 +178,15 @@ def _launch(out: Path, resume: bool) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def run_seconds(tmp_path_factory) -> float:
-    """How long the uninterrupted command takes here and now (start-up included): kills are drawn within it."""
-    t0 = time.monotonic()
-    proc = _launch(tmp_path_factory.mktemp("whole"), resume=False)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
-    return time.monotonic() - t0
+    """How long the uninterrupted command takes here and now (start-up included): kills are drawn within it. The
+    shorter of two runs: the first pays for cold caches, and a kill drawn within a slow run's time can miss a fast one."""
+    times = []
+    for _ in range(2):
+        t0 = time.monotonic()
+        proc = _launch(tmp_path_factory.mktemp("whole"), resume=False)
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+        times.append(time.monotonic() - t0)
+    return min(times)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -193,7 +197,7 @@ def test_sigkill_at_a_random_moment_then_resume_finishes_clean(tmp_path, run_sec
     out, interrupted = tmp_path / "out", []
     for _ in range(2):
         proc = _launch(out, resume=True)
-        time.sleep(rng.uniform(0.3, 0.97) * run_seconds)
+        time.sleep(rng.uniform(0.2, 0.9) * run_seconds)
         interrupted.append(proc.poll() is None)
         proc.kill()
         proc.wait()
@@ -215,7 +219,7 @@ def test_a_rerun_without_resume_removes_a_dead_writers_record_temp(tmp_path, cli
     run_dir = next(out.glob("runs/adhoc/*"))
     stale = run_dir / f".record.json.{HOST}.{dead}.abc123.tmp"
     stale.write_text("{")
-    assert cli(*RUN, "--out", out)[0] == 0
+    assert cli(*RUN, "--out", out, "--force")[0] == 0
     assert not stale.exists()
 
 

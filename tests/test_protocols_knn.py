@@ -113,10 +113,13 @@ def test_single_test_sample():
 def test_chunking_does_not_change_the_result(monkeypatch):
     import protocols.knn as knn
 
+    # The chunked torch search (the GPU path; the CPU calls faiss) run on the CPU: one chunk, then 7 rows each.
     x, y = blobs(600, seed=6)
-    whole = search(x[:400], x[400:], 10)
-    monkeypatch.setitem(knn.CHUNK_BYTES, "cpu", 4 * 400 * 7)  # 7 rows per chunk
-    chunked = search(x[:400], x[400:], 10)
+    cpu = torch.device("cpu")
+    whole = knn.torch_search(x[:400], x[400:], 10, "cosine", cpu)
+    monkeypatch.setitem(knn.CHUNK_BYTES, "cpu", 4 * 400 * 7)
+    chunked = knn.torch_search(x[:400], x[400:], 10, "cosine", cpu)
+    assert knn.chunk_rows(400, x.shape[1], cpu) == 7
     assert torch.equal(whole[1], chunked[1]) and torch.equal(whole[0], chunked[0])
 
 

@@ -27,7 +27,8 @@ from methods.base import make_config
 
 EPOCHS = 4
 ARGS = ["run", "--method", "simclr", "--dataset", "digits", "--per-class", "30", "--test-per-class", "20",
-        "--epochs", str(EPOCHS), "--batch-size", "50", "--protocols", "knn", "--deterministic", "--no-progress"]
+        "--epochs", str(EPOCHS), "--batch-size", "50", "--protocols", "knn", "--deterministic", "--no-progress",
+        "--log-every", "1"]
 
 
 def _launch(out: Path, resume: bool = False) -> subprocess.Popen:
@@ -67,6 +68,20 @@ def _wait_for_new_checkpoints(proc: subprocess.Popen, out: Path, n: int, timeout
     return times
 
 
+def _wait_for_step_in_epoch(proc: subprocess.Popen, out: Path, epoch: int, timeout: float = 120) -> None:
+    """Block until steps.csv (one row per step with --log-every 1) holds a step of ``epoch``: a kill then lands inside
+    that epoch, whatever the machine's load, where a timed sleep could land after the run had finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"run ended early: {proc.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, f"no step of epoch {epoch} logged in time"
+        for path in out.glob("runs/adhoc/*/steps.csv"):
+            lines = path.read_text().splitlines()[1:]
+            if any(line.split(",")[1] == str(epoch) for line in lines if line.count(",") >= 1):
+                return
+        time.sleep(0.002)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -90,9 +105,7 @@ def _result(out: Path) -> tuple[dict, dict]:
 def test_sigkill_at_several_points_then_resume_gives_identical_metrics(tmp_path, cli):
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     try:  # the uninterrupted run, in this process: the comparison also crosses process boundaries
-        t0 = time.monotonic()
         assert cli(*ARGS, "--out", ref_out)[0] == 0
-        epoch_s = (time.monotonic() - t0) / EPOCHS  # an upper bound: includes evaluation
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -108,8 +121,8 @@ def test_sigkill_at_several_points_then_resume_gives_identical_metrics(tmp_path,
 
     run = _launch(out, resume=True)
     _wait_for_new_checkpoints(run, out, 1)
-    time.sleep(0.3 * epoch_s)
-    _kill(run)  # 3: in the middle of the last epoch
+    _wait_for_step_in_epoch(run, out, EPOCHS)
+    _kill(run)  # 3: in the middle of the last epoch (its first step logged, 5 to go)
     assert _epoch(out) == 3 and not list(out.glob("runs/adhoc/*/record.json")), "the kill missed the last epoch"
 
     _finish(_launch(out, resume=True))

@@ -25,9 +25,9 @@ from bench.store import ensure_writable_dir, write_json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="ci", help="suite to run (default ci; see 'repbench list suites')")
     p.add_argument("--baseline", help="baseline JSON (default: results/baselines/<suite>.json in the repository)")
-    p.add_argument("--update", action="store_true", help="rewrite the baseline with this run's numbers (on purpose)")
+    p.add_argument("--update", action="store_true", help="rewrite the baseline with this run's numbers (on purpose; default off)")
     p.add_argument("--out", help="keep the runs' records in DIR (default: a temporary folder, removed afterwards)")
-    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
 
 
 def run(a: argparse.Namespace) -> int:

@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 "environment variable set to an empty value counts as unset. 'prepare' decodes a dataset once into a "
                 "store of uint8 .npy files (--out, default $REPBENCH_CACHE/prepared/NAME-S); pass it to runs as "
                 "--data-root.")
-    p.add_argument("action", choices=["fetch", "prepare"])
-    p.add_argument("dataset")
-    p.add_argument("--size", type=int_range(*SIZE_RANGE), help="prepare: image side in pixels")
+    p.add_argument("action", choices=["fetch", "prepare"], help="fetch: download or copy; prepare: decode into a store")
+    p.add_argument("dataset", help="dataset name (see 'repbench list datasets')")
+    p.add_argument("--size", type=int_range(*SIZE_RANGE), help="prepare: image side in pixels (default: the dataset's own)")
     p.add_argument("--data-root", help="prepare: the dataset's folder (default: where runs look)")
     p.add_argument("--out", help="prepare: the store's folder (default $REPBENCH_CACHE/prepared/NAME-SIZE)")
     p.add_argument("--workers", type=int_range(0, 256), help="prepare: decoding processes for trees (default: one per core)")

@@ -26,17 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=list(ARCHS),
                    help="ResNet/ViT architecture (default: read from the weights' shapes)")
     p.add_argument("--arch", metavar="NAME", help="CLIP formats: the open_clip model name (ViT-B-32, RN50, ViT-H-14, ...); "
-                   "needed for open_clip files, read from the shapes of OpenAI's")
+                   "needed for open_clip files, read from the shapes of OpenAI's (default: none)")
     p.add_argument("--protocols", metavar="LIST",
                    help=f"comma-separated protocol names (default {DEFAULT_PROTOCOLS}, and zero-shot for CLIP)")
     p.add_argument("--image-size", type=int_range(8, 1024),
                    help="images are resized to this before the network (default 224, the releases' training size; "
                    "CLIP: its own size, the only one accepted)")
-    p.add_argument("--per-class", type=int_range(1), help="use this many training images per class")
-    p.add_argument("--test-per-class", type=int_range(1), help="use this many test images per class")
-    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed of the protocols' random choices")
+    p.add_argument("--per-class", type=int_range(1), help="use this many training images per class (default all)")
+    p.add_argument("--test-per-class", type=int_range(1), help="use this many test images per class (default all)")
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed of the protocols' random choices (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
     p.add_argument("--out", default="results", help="results directory (default results/)")
 
 

@@ -33,8 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--protocols", default=DEFAULT_PROTOCOLS, metavar="LIST",
                    help=f"comma-separated protocol names (default {DEFAULT_PROTOCOLS})")
     p.add_argument("--out", metavar="M.json", help="write the metrics here (atomically); default: print them")
-    p.add_argument("--seed", type=int_range(0), default=0, help="seed of every protocol's random choices")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the protocols compute")
+    p.add_argument("--seed", type=int_range(0), default=0, help="seed of every protocol's random choices (default 0)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the protocols compute (default cpu)")
 
 
 def parse_protocols(text: str) -> list[str]:

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int_range(2, 16), default=8, help="test images to show (default 8)")
     p.add_argument("--steps", type=int_range(3, 16), default=8, help="interpolation steps (default 8)")
     p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed of masks / noise (default 0)")
-    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
 
 
 def check_out(out: Path) -> None:

@@ -18,10 +18,12 @@ RECIPE_FLAGS = ("lr", "weight_decay", "optimizer")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="run a published configuration (see 'repbench list presets')")
-    p.add_argument("--config", metavar="FILE", help="run the configuration a TOML file of the presets' form describes")
+    p.add_argument("--preset", help="run a published configuration (see 'repbench list presets'; default none)")
+    p.add_argument("--config", metavar="FILE", help="run the configuration a TOML file of the presets' form describes, e.g. from "
+                        "'repbench config --run DIR' (default none)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a preset field: epochs=1, recipe.lr=0.5, method_args.temperature=0.2 (repeatable)")
+                   help="override a preset field: epochs=1, recipe.lr=0.5, method_args.temperature=0.2 "
+                        "(repeatable; default none)")
 
 
 def wanted(a: argparse.Namespace) -> bool:
@@ -39,7 +41,10 @@ def preset_config(a: argparse.Namespace) -> RunConfig:
                          "configuration; use --set KEY=VALUE to change one field")
     path = presets.path_of(a.preset) if a.preset else Path(a.config)
     name = f"preset:{a.preset}" if a.preset else f"config:{path.stem}"
-    data = presets.read(path)
+    data = presets.read(path, user=bool(a.config))
+    name = data.get("recipe_name", name)  # a file that pins a record's (repbench config --run)
+    if not isinstance(name, str):
+        raise UsageError(f"{path}: recipe_name = {name!r} should be a string, e.g. \"unified\"")
     pairs = parse_pairs(a.set, "--set")
     # Later entries win: a run flag over a --set of the same field.
     data = presets.override(data, pairs | {f: vars(a)[f] for f in FIELD_FLAGS if vars(a)[f] is not None}
@@ -47,10 +52,11 @@ def preset_config(a: argparse.Namespace) -> RunConfig:
                             | {f"method_args.{k}": v for k, v in parse_pairs(a.method_arg, "--method-arg").items()})
     changed = a.method_arg or any(vars(a)[f] is not None for f in RECIPE_FLAGS) or \
         any(k.startswith(("recipe.", "method_args.")) for k in pairs)
-    cfg = presets.to_config(data, f"{name}+custom" if changed else name)
+    cfg = presets.to_config(data, f"{name}+custom" if changed and not name.endswith("+custom") else name)
     size = a.image_size or cfg.image_size or image_size(0) or None
-    return replace(cfg, seed=a.seed or 0, device=a.device, per_class=a.per_class, test_per_class=a.test_per_class,
-                   deterministic=a.deterministic, image_size=size, **monitor_flags(a))
+    given = {f: vars(a)[f] for f in ("seed", "per_class", "test_per_class") if vars(a)[f] is not None}
+    return replace(cfg, device=a.device, deterministic=a.deterministic or cfg.deterministic, image_size=size, **given,
+                   **monitor_flags(a))
 
 
 def monitor_flags(a: argparse.Namespace) -> dict:

@@ -24,16 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float_range(0, 1, open_lo=True), default=1.0, metavar="F",
                    help="run epochs x F (at least 1), 0 < F <= 1, to smoke a table in minutes (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
     p.add_argument("--out", default="results", help="results directory (default results/)")
-    p.add_argument("--per-class", type=int_range(1), help="train on this many images per class")
-    p.add_argument("--test-per-class", type=int_range(1), help="test on this many images per class")
+    p.add_argument("--per-class", type=int_range(1), help="train on this many images per class (default: the preset's data, all)")
+    p.add_argument("--test-per-class", type=int_range(1), help="test on this many images per class (default all)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a field of every row's preset: epochs=1, recipe.lr=0.5 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue each unfinished run from its last checkpoint")
+                   help="override a field of every row's preset: epochs=1, recipe.lr=0.5 (repeatable; default none)")
+    p.add_argument("--resume", action="store_true", help="continue each unfinished run from its last checkpoint (default off)")
     p.add_argument("--jobs", type=int_range(1, 256), default=1, metavar="J",
-                   help="runs at once in worker processes (set OMP_NUM_THREADS to share the cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+                   help="runs at once in worker processes (set OMP_NUM_THREADS to share the cores; default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars on a terminal)")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

@@ -11,9 +11,16 @@ the one-process gradient of the global batch.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch.distributed.nn import functional as dist_nn
+
+# torch.distributed.nn's collectives are deprecated in favour of _functional_collectives, whose all_reduce has no
+# backward: these are still the autograd-aware ones, so the per-call warning is noise.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.", category=FutureWarning)
 
 
 def active() -> bool:
@@ -60,3 +67,28 @@ def local_rows(n: int) -> slice:
     """This rank's rows in a rank-major gather of ``n`` rows per rank."""
     r = rank()
     return slice(r * n, (r + 1) * n)
+
+
+def local_draw(draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
+    """This rank's ``n`` rows of a random draw made for the whole global batch: ``draw(rows)`` runs on every rank
+    from the same RNG state, so W processes x n rows use the very numbers one process x W*n rows does (MAE's
+    masks, a denoising autoencoder's noise) and the ranks' RNGs stay in step."""
+    return draw(n * world_size())[local_rows(n)]
+
+
+def broadcast(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``x`` on every rank, no gradient: a random draw all ranks must share (MoCo's batch shuffle)."""
+    if not active():
+        return x
+    out = x.detach().clone()
+    dist.broadcast(out, 0)
+    return out
+
+
+def reduce_max_detached(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum over ranks, no gradient (SwAV's Sinkhorn: one overflow shift for the whole batch)."""
+    if not active():
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out

@@ -15,6 +15,7 @@ import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from bench.core import plugins
 from bench.core.errors import UsageError
 
 T = TypeVar("T")
@@ -28,13 +29,16 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
+                raise UsageError(f"{self.kind} {name!r} is already registered (by {self.module_of(name)}); register "
+                                 "yours under another name")
             self._entries[name] = obj
             return obj
 
         return add
 
     def get(self, name: str) -> T:
+        if name not in self._entries:
+            plugins.load()  # a worker process loads its parent's plugins at its first miss
         if name not in self._entries:
             raise UsageError(self.unknown_message(name))
         entry = self._entries[name]

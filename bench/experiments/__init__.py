@@ -11,4 +11,5 @@ SUITES = Registry("suite", {
     "quick": "bench.experiments.suites:quick",
     "quick-ablation": "bench.experiments.ablate:quick_ablation_suite",
     "smoke": "bench.experiments.suites:smoke",
+    "standard": "bench.experiments.suites:standard",
 })

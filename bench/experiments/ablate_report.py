@@ -17,7 +17,8 @@ import pandas as pd
 from bench.core.errors import UsageError
 from bench.experiments.ablate import COMPOSITES, Grid, build, check_seeds, seeded
 from bench.experiments.scales import SCALES, Scale, backbone_for, metric_of
-from bench.report import load_records
+from bench.report import aggregate, flatten, load_records
+from bench.report import markdown as report_markdown
 from bench.runner import Options, run_many
 from bench.stats import (
     MIN_BCA_SEEDS,
@@ -57,6 +58,30 @@ def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", da
         atomic_write_bytes(Path(out) / f"{name}.md", text.encode())
     log(f"{len(records)} run(s) in {time.perf_counter() - t0:.0f} s; tables under {out}")
     return text
+
+
+def run_user_grid(grid: Grid, seeds: int, out: Path, scale: Scale, data_root: str | None = None,
+                  log: Callable[[str], None] | None = None, jobs: int = 1, command: str = "") -> str:
+    """Run a grid of ``repbench ablate --vary`` / ``--grid-file`` (bench/experiments/user_grid.py): the tables of a
+    built-in grid, then every protocol's mean per cell."""
+    check_seeds(seeds)
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    records = run_many(seeded([grid], seeds), out, Options(data_root=data_root, reuse=True, keep_going=True), jobs, log)
+    text = write_grid_report(grid, runs_frame(grid, seeds, records), out, scale, command=command)
+    by_cell = [{**records[replace(c.config, seed=s).run_id()], "cell": c.label} for c in grid.cells for s in range(seeds)]
+    text += protocols_section(by_cell, Path(out) / grid.name)
+    log(f"{len(records)} run(s) in {time.perf_counter() - t0:.0f} s; tables under {Path(out) / grid.name}")
+    return text
+
+
+def protocols_section(records: list[dict[str, Any]], gdir: Path) -> str:
+    """Every protocol's mean ± 95% CI per cell (bench/report.py's table, a row per cell), appended to table.md."""
+    df = flatten(records).assign(variant=[r["cell"] for r in records])
+    body = ("\n### Every protocol\n\nMean ± 95% CI (t-interval) over seeds per cell; seeds: scored / run.\n\n"
+            + report_markdown(aggregate(df)) + "\n")
+    atomic_write_bytes(gdir / "table.md", ((gdir / "table.md").read_text() + body).encode())
+    return body
 
 
 def runs_frame(grid: Grid, seeds: int, records: dict[str, dict[str, Any]]) -> pd.DataFrame:

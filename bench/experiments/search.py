@@ -50,7 +50,7 @@ from bench.experiments.search_report import FRESH_SEED_BASE, best_trial, short, 
 from bench.experiments.search_space import paper_defaults, suggest, to_config
 from bench.experiments.storage import StorageSpec, parse_storage
 from bench.experiments.study import FINISHED as FINISHED  # re-exported: callers count trials with it
-from bench.experiments.study import BudgetCallback, check_reuse, counted, make_pruner, open_study, study_attrs
+from bench.experiments.study import BudgetCallback, OverBudget, check_reuse, counted, make_pruner, open_study, study_attrs
 from bench.experiments.study import make_sampler as make_sampler
 from bench.features import extract
 from bench.runner import Options, build_method, run_many, validate
@@ -212,13 +212,14 @@ def search_method(method: str, suite: SearchSuite, budget: Budget, storage, out:
     if running and isinstance(storage, JournalStorage):
         log(f"[{method}] {running} trial(s) RUNNING: other workers', or killed ones' (journal storage has no "
             "heartbeat to tell them apart in Optuna 5.0.0; they are not counted)")
-    if todo:
+    gate = BudgetCallback(budget.trials, storage, lambda line: log(f"[{method}] {line}"))
+    if todo and gate.room(study):
         objective = Objective(method, base, split, Path(out) / "trials" / name, opened.seed)
-        optimize(study, objective, todo, budget.trials, method, log)
+        optimize(study, objective, todo, gate, method, log)
     return study
 
 
-def optimize(study, objective: Objective, todo: int, trials: int, method: str, log: Callable[[str], None]) -> None:
+def optimize(study, objective: Objective, todo: int, budget: BudgetCallback, method: str, log: Callable[[str], None]) -> None:
     def report(study, trial) -> None:
         reason = trial.user_attrs.get("fail_reason", "")
         value = f"{100 * trial.value:.1f}" if trial.value is not None else "-"
@@ -229,8 +230,8 @@ def optimize(study, objective: Objective, todo: int, trials: int, method: str, l
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `report`, once
     try:
-        study.optimize(objective, n_trials=todo, catch=(TrialFailed,), gc_after_trial=True,
-                       callbacks=[BudgetCallback(trials), report])
+        study.optimize(budget.guard(objective), n_trials=todo, catch=(TrialFailed, OverBudget), gc_after_trial=True,
+                       callbacks=[budget, report])
     finally:
         optuna.logging.set_verbosity(level)
 

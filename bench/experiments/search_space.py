@@ -11,14 +11,29 @@ same width, centred on its own paper setting:
 
 The optimiser, momentum, warm-up and schedule stay the paper's. Every range is widened to contain the paper
 default, which the search enqueues as its first trial.
+
+``repbench search --space FILE`` adds a user's knobs of the same form as ``Method.search_space`` (a TOML table per
+Config field: ``low``, ``high``, ``log``, ``integer`` or ``choices``); its range wins over the method's own, and
+it applies to every searched method whose Config has the field::
+
+    [temperature]
+    low = 0.05
+    high = 0.5
+    log = true
+
+    [head]
+    choices = ["mlp", "linear"]
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 from bench.config import RunConfig
+from bench.core.errors import UsageError
 from methods.base import Method, config_defaults
 from methods.spec import Knob
 
@@ -34,10 +49,16 @@ SHARED_KNOBS = (
 )
 
 
+# The --space FILE of this process's search (read_space, use_space): one command searches one space.
+USER_SPACE: dict[str, Knob] = {}
+KNOB_KEYS = tuple(f.name for f in fields(Knob) if f.name != "field")
+
+
 def method_knobs(cls: type[Method]) -> list[Knob]:
-    """The knobs searched for this method: the shared ones its Config has, then its own (its range wins)."""
+    """The knobs searched for this method: the shared ones its Config has, then its own, then --space's (the last
+    one's range wins)."""
     have = config_defaults(cls)
-    knobs = {k.field: k for k in (*SHARED_KNOBS, *cls.search_space)}
+    knobs = {k.field: k for k in (*SHARED_KNOBS, *cls.search_space, *USER_SPACE.values())}
     return [k for k in knobs.values() if k.field in have]
 
 
@@ -90,3 +111,46 @@ def to_config(base: RunConfig, params: dict[str, Any]) -> RunConfig:
     method_args = {k: v for k, v in params.items() if k not in ("lr", "weight_decay", "batch_size")}
     return replace(base, recipe=recipe, recipe_name="search", batch_size=int(params["batch_size"]),
                    method_args={**base.method_args, **method_args})
+
+
+def read_space(path: Path) -> list[Knob]:
+    """The knobs of a --space file, each checked (one line naming the file and the knob otherwise)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read --space file {path}: {err.strerror}; give a readable TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"--space {path} is not valid TOML ({err}); see 'repbench search --help' for the form") from None
+    if not data:
+        raise UsageError(f"--space {path} declares no knob; give a [FIELD] table with low and high, or choices")
+    return [_knob(path, name, table) for name, table in data.items()]
+
+
+def _knob(path: Path, name: str, table: Any) -> Knob:
+    where = f"--space {path}: [{name}]"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where} should be a table of {', '.join(KNOB_KEYS)}")
+    unknown = sorted(set(table) - set(KNOB_KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]}; known keys: {', '.join(KNOB_KEYS)}")
+    if "choices" in table:
+        if not isinstance(table["choices"], list) or not table["choices"] or set(table) - {"choices"}:
+            raise UsageError(f"{where}: choices should be a non-empty list, without low, high, log or integer")
+        return Knob(name, choices=tuple(table["choices"]))
+    lo, hi = table.get("low"), table.get("high")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
+    if not numbers or not lo < hi or (table.get("log") and lo <= 0):
+        raise UsageError(f"{where}: give numbers low < high (low > 0 with log = true), or choices = [...]")
+    if not all(isinstance(table.get(k, False), bool) for k in ("log", "integer")):
+        raise UsageError(f"{where}: log and integer are true or false")
+    return Knob(name, float(lo), float(hi), log=table.get("log", False), integer=table.get("integer", False))
+
+
+def use_space(knobs: list[Knob], classes: list[type[Method]], path: Path) -> None:
+    """Search ``knobs`` besides each method's own; a knob no searched method's Config has is refused."""
+    for k in knobs:
+        if not any(k.field in config_defaults(cls) for cls in classes):
+            have = sorted({f for cls in classes for f in config_defaults(cls)})
+            raise UsageError(f"--space {path}: no searched method has a field {k.field!r}; their fields: {', '.join(have)}")
+    USER_SPACE.clear()
+    USER_SPACE.update({k.field: k for k in knobs})

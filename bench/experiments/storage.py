@@ -1,7 +1,10 @@
 """Where an Optuna study lives: any SQLAlchemy URL (RDBStorage), or a journal file (a path ending ``.log`` /
 ``.journal``: JournalStorage + JournalFileBackend, the safe choice for several processes on one machine).
 ``sqlite:///<out>/optuna.db`` by default. A --storage value, and an existing journal or SQLite file behind it,
-is checked before anything is written: a damaged file is one line naming it, and is left as it was.
+is checked before anything is written: a damaged file is one line naming it, and is left as it was. A database
+server's URL (PostgreSQL through psycopg: ``postgresql+psycopg://user:password@host:port/db``; a throw-away one from
+scripts/postgres.sh) is connected to once first: a wrong password, a missing database, an unreachable host or a
+missing driver is one line, with the password masked.
 
 RDBStorage gets Optuna's heartbeats: a trial whose worker died (SIGKILL, lost node) stops beating, and after the
 grace period the next worker to start a trial fails it and enqueues a copy of its parameters
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -70,7 +74,7 @@ class StorageSpec:
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError, RuntimeError) as err:
             # RuntimeError: a database written by another Optuna version (its message says how to upgrade it).
             reason = str(err).splitlines()[0][:240]
-            raise UsageError(f"cannot reach storage {self.target!r}: {reason}; check the URL, server and driver") from None
+            raise UsageError(f"cannot reach storage {shown(self.target)}: {reason}; check the URL, server and driver") from None
 
 
     def _open_rdb(self, attempts: int = 5):
@@ -235,4 +239,38 @@ def parse_storage(url: str | None, out: Path) -> StorageSpec:
         path = Path(parsed.database).expanduser().resolve()
         _writable_dir(path.parent, f"--storage {url}")
         check_sqlite(path, f"--storage {url}")
+    else:
+        check_server(parsed)
     return StorageSpec("rdb", url)
+
+
+def shown(url: str) -> str:
+    """A storage URL fit for a message: its password masked."""
+    return make_url(url).render_as_string(hide_password=True) if "://" in url else url
+
+
+def _connect_problem(err: sqlalchemy.exc.DBAPIError) -> str:
+    text = " ".join(str(err.orig).split())
+    return text.rsplit(" failed: ", 1)[-1].removeprefix("FATAL: ").strip()[:200]
+
+
+def check_server(url) -> None:
+    """Connect once to a database server's storage URL, writing nothing: a wrong password, a missing database, an
+    unreachable host or a missing driver is one UsageError here rather than a traceback in every worker."""
+    flag = f"--storage {url.render_as_string(hide_password=True)}"
+    postgres = url.get_backend_name() == "postgresql"
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                          connect_args={"connect_timeout": 10} if postgres else {})
+    except ImportError as err:
+        extra = " (pip install 'psycopg[binary]', or repbench's 'scale' extra)" if postgres else ""
+        raise UsageError(f"{flag}: its driver {err.name or url.get_driver_name()!r} is not installed{extra}; install "
+                         "it, or give another URL, e.g. postgresql+psycopg://user:password@host:port/db") from None
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sqlalchemy.exc.DBAPIError as err:
+        raise UsageError(f"{flag}: cannot connect ({_connect_problem(err)}); check the user, password, host, port and "
+                         "database in the URL (scripts/postgres.sh url DIR prints a throw-away cluster's)") from None
+    finally:
+        engine.dispose()

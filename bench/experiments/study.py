@@ -5,14 +5,16 @@
 - Seeds: the worker that creates the study draws from the base seed; every other one from a fresh random seed.
   Each trial records the seed that drew it in ``user_attrs["sampler_seed"]``.
 - Budget: the study's total counts finished trials, except a heartbeat-stale one that Optuna's retry callback
-  replaced with a copy (the copy is counted when it finishes).
+  replaced with a copy (the copy is counted when it finishes). On storages with heartbeats a worker starts a trial
+  only while the budget has room, so workers ending together do not overshoot it (BudgetCallback).
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from bench.core.errors import UsageError
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DIRECTIONS = [StudyDirection.MAXIMIZE]  # validation accuracy
 SEED_SPACE = 2**32  # TPE's numpy RandomState takes seeds below 2**32
+OVER = "over_budget"  # user attribute of a trial that found the budget full after it was created
 
 
 def make_sampler(seed: int):
@@ -72,26 +75,77 @@ def retried(trials: Sequence[FrozenTrial]) -> set[int]:
         return {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
 
 
-def counted(study) -> list[FrozenTrial]:
-    """The trials the budget counts: finished ones, less the stale ones whose retry takes their place."""
-    trials = study.get_trials(deepcopy=False)
+def in_budget(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that take a place in the budget: all but the stale ones a retry replaced and those over budget."""
     replaced = retried(trials)
-    return [t for t in trials if t.state in FINISHED and t.number not in replaced]
+    return [t for t in trials if t.number not in replaced and not t.user_attrs.get(OVER)]
+
+
+def counted(study) -> list[FrozenTrial]:
+    """The trials the budget counts: finished ones, less the stale ones whose retry takes their place (and any that
+    were over budget, which never ran)."""
+    return [t for t in in_budget(study.get_trials(deepcopy=False)) if t.state in FINISHED]
+
+
+def claimed(study) -> int:
+    """Trials that hold a place in the budget: finished or running."""
+    return sum(t.state in (*FINISHED, TrialState.RUNNING) for t in in_budget(study.get_trials(deepcopy=False)))
+
+
+class OverBudget(Exception):
+    """Two workers found room for one more trial at the same moment: the later-numbered one is not run."""
 
 
 class BudgetCallback:
-    """Stop every worker once the study's total is reached.
+    """Stop every worker once the study's total is reached, and start a trial only while the budget has room.
 
     Optuna's MaxTrialsCallback counts by state only, so a killed worker's stale trial (FAIL) and its retry would
-    both be counted and the study would end one trial short of its budget.
+    both be counted and the study would end one trial short of its budget. Counting finished trials alone lets a
+    worker start one more trial while the last ones still run, so workers ending together overshoot the total: on
+    storages with heartbeats, a worker whose next trial would not fit waits (failing stale trials as Optuna does)
+    until the running ones end. Journal files have no heartbeat, so a killed worker's trial would hold its place
+    forever: there running trials are not waited for.
     """
 
-    def __init__(self, trials: int) -> None:
-        self.trials = trials
+    def __init__(self, trials: int, storage=None, log: Callable[[str], None] = print) -> None:
+        self.trials, self.log = trials, log
+        beats = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval()
+        self.poll = min(5.0, beats / 2) if beats else 0.0
+
+    def room(self, study) -> bool:
+        """Wait until one more trial fits (True) or the study's total is reached (False)."""
+        waited = False
+        while len(counted(study)) < self.trials:
+            if not self.poll or claimed(study) < self.trials:
+                return True
+            if not waited:
+                self.log(f"the study's last trials are running; waiting for them to end or for their heartbeats to go "
+                         f"stale (killed workers' trials are then retried), checking every {self.poll:g} s")
+                waited = True
+            time.sleep(self.poll)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        return False
 
     def __call__(self, study, trial) -> None:
-        if len(counted(study)) >= self.trials:
+        if not self.room(study):
             study.stop()
+
+    def guard(self, objective):
+        """``objective``, run only if its trial is among the budget's first (trial numbers are handed out in
+        order); otherwise the trial fails as over budget, marked so that nothing counts it."""
+
+        def run(trial):
+            ahead = [t for t in in_budget(trial.study.get_trials(deepcopy=False)) if t.number < trial.number
+                     and t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)]
+            if self.poll and len(ahead) >= self.trials:
+                trial.set_user_attr(OVER, True)
+                trial.set_user_attr("fail_reason", "over budget")
+                raise OverBudget(f"trial {trial.number}: the study's {self.trials} trials are all taken")
+            return objective(trial)
+
+        return run
 
 
 def _directions_text(directions) -> str:

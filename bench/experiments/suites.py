@@ -51,3 +51,31 @@ def quick() -> list[RunConfig]:
                       per_class=QUICK_PER_CLASS, test_per_class=QUICK_TEST_PER_CLASS, suite="quick",
                       backbone_args=FLOOR_BACKBONE_ARGS.get(b, {}) if m == FLOOR else {})
             for m, b in pairs for s in QUICK_SEEDS]
+
+
+STANDARD_BATCH = 512
+# The epoch count is an estimate until scripts/gpu_check.sh measures the suite on one H200 (results/gpu/README.md):
+# SimCLR on ResNet-18 ran 6,449 img/s there (batch 256), 9.3 s per 60k-image epoch, BYOL ~1.3x slower; 45 SGD
+# runs x 2 epochs ~ 840 s of training one at a time, ~340 s at --jobs 4 if four runs overlap 2.5x on a GPU that
+# waits on augmentation 59% of the time; plus ~5 s of features and protocols per run (57 runs, ~115 s at --jobs 4):
+# ~455 s in all, under the 10 minutes with margin for the slower methods. Raise it once the measured rate allows.
+STANDARD_EPOCHS = 2
+STANDARD_SEEDS = (0, 1, 2)
+
+
+def standard() -> list[RunConfig]:
+    """Every registered method on the full Fashion-MNIST (60,000 train / 10,000 test, 28 px), ResNet-18 with the
+    CIFAR stem (MAE: its ViT), seeds 0/1/2, every protocol; the random-init floor on each backbone used.
+
+    Budget: STANDARD_EPOCHS epochs of batch 512 under the unified recipe, sized so the whole suite takes <= 10
+    minutes wall on one H200 with ``--jobs 4`` (an estimate from measured rates until the device script times it).
+    Command: ``repbench run --suite standard --device cuda --jobs 4`` (``bash scripts/gpu_check.sh``). Expected:
+    results/standard/ once measured.
+    """
+    pairs = [(m, backbone_for(m, "resnet18")) for m in METHODS.names()]
+    pairs += [(FLOOR, b) for b in sorted({b for _, b in pairs} - {backbone_for(FLOOR, "resnet18")})]
+    return [RunConfig(method=m, dataset="fashion-mnist", backbone=b, epochs=STANDARD_EPOCHS, batch_size=STANDARD_BATCH,
+                      seed=s, suite="standard",
+                      backbone_args={"small_stem": True} if b == "resnet18" else
+                      (FLOOR_BACKBONE_ARGS.get(b, {}) if m == FLOOR else {}))
+            for s in STANDARD_SEEDS for m, b in pairs]  # seed-major: a run cut short by its budget has every method

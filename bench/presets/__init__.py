@@ -22,6 +22,8 @@ TABLES = ("recipe", "method_args", "backbone_args")
 TOP_KEYS = ("method", "dataset", "backbone", "epochs", "batch_size", "protocols", *TABLES, "published")
 # Measurement settings a file may leave at RunConfig's defaults.
 TOP_OPTIONAL = ("image_size", "knn_every", "online_linear", "protocol_args")
+# The rest of a run's config, so a file can pin a whole record (repbench config --run); the device is the machine's.
+RUN_OPTIONAL = tuple(f.name for f in fields(RunConfig) if f.name not in (*TOP_KEYS, *TOP_OPTIONAL, "device", "suite"))
 PUBLISHED_KEYS = ("metric", "value", "source")
 PUBLISHED_OPTIONAL = ("notes", "published_lr")
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
@@ -39,7 +41,7 @@ def path_of(name: str) -> Path:
     return PRESET_DIR / f"{name}.toml"
 
 
-def read(path: Path) -> dict[str, Any]:
+def read(path: Path, user: bool = False) -> dict[str, Any]:
     """The checked contents of a preset file: one line naming the file and the key when a key is unknown or missing."""
     try:
         with open(path, "rb") as f:
@@ -48,17 +50,20 @@ def read(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {path}: {err.strerror}; give a readable TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path} is not valid TOML ({err}); see bench/presets/*.toml for the form") from None
-    check_keys(data, str(path))
+    check_keys(data, str(path), user)
     return data
 
 
-def check_keys(data: dict[str, Any], where: str) -> None:
-    _keys(data, where, "", TOP_KEYS, TOP_KEYS + TOP_OPTIONAL)
-    for table in (*TABLES, "published", *(["protocol_args"] if "protocol_args" in data else [])):
+def check_keys(data: dict[str, Any], where: str, user: bool = False) -> None:
+    """A shipped preset states what it was published with; a ``user`` file (--config) may leave [published] out."""
+    required = tuple(k for k in TOP_KEYS if not (user and k == "published"))
+    _keys(data, where, "", required, TOP_KEYS + TOP_OPTIONAL + RUN_OPTIONAL)
+    for table in (*TABLES, *[t for t in ("published", "protocol_args") if t in data]):
         if not isinstance(data[table], dict):
             raise UsageError(f"{where}: {table} should be a table ([{table}]); see bench/presets/*.toml")
     _keys(data["recipe"], where, "recipe.", RECIPE_REQUIRED, RECIPE_KEYS)
-    _keys(data["published"], where, "published.", PUBLISHED_KEYS, PUBLISHED_KEYS + PUBLISHED_OPTIONAL)
+    _keys(data.get("published", {}), where, "published.", PUBLISHED_KEYS if "published" in data else (),
+          PUBLISHED_KEYS + PUBLISHED_OPTIONAL)
 
 
 def _keys(table: dict[str, Any], where: str, prefix: str, required: tuple[str, ...], known: tuple[str, ...]) -> None:
@@ -75,7 +80,7 @@ def override(data: dict[str, Any], pairs: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(data)
     for key, value in pairs.items():
         head, _, leaf = key.partition(".")
-        if not leaf and head in TOP_KEYS + TOP_OPTIONAL and head not in (*TABLES, "published", "protocol_args"):
+        if not leaf and head in TOP_KEYS + TOP_OPTIONAL + RUN_OPTIONAL and head not in (*TABLES, "published", "protocol_args"):
             out[head] = value
         elif leaf and "." not in leaf and head in TABLES and (head != "recipe" or leaf in RECIPE_KEYS):
             out[head][leaf] = value
@@ -83,14 +88,15 @@ def override(data: dict[str, Any], pairs: dict[str, Any]) -> dict[str, Any]:
             name, setting = leaf.split(".")
             out.setdefault("protocol_args", {}).setdefault(name, {})[setting] = value
         else:
-            settable = [k for k in TOP_KEYS + TOP_OPTIONAL if k not in (*TABLES, "published", "protocol_args")] + \
+            settable = [k for k in TOP_KEYS + TOP_OPTIONAL + RUN_OPTIONAL if k not in (*TABLES, "published", "protocol_args")] + \
                 [f"{t}.KEY" for t in TABLES] + ["protocol_args.PROTOCOL.KEY"]
             raise UsageError(f"--set {key}: unknown key; give one of {', '.join(settable)}")
     return out
 
 
 def to_config(data: dict[str, Any], recipe_name: str) -> RunConfig:
-    """The RunConfig a checked preset describes, validated by RunConfig's and Recipe's own checks."""
+    """The RunConfig a checked preset describes, validated by RunConfig's and Recipe's own checks; ``recipe_name``
+    is the caller's (from the file's own recipe_name where it gives one, see preset_flags)."""
     if not isinstance(data["protocols"], list):
         raise UsageError(f"protocols={data['protocols']!r} should be a list of protocol names, e.g. [\"knn\"]")
     recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["recipe"].items()})
@@ -99,4 +105,6 @@ def to_config(data: dict[str, Any], recipe_name: str) -> RunConfig:
                      method_args=dict(data["method_args"]), backbone_args=dict(data["backbone_args"]),
                      protocols=tuple(data["protocols"]), image_size=data.get("image_size"),
                      protocol_args={k: dict(v) for k, v in data.get("protocol_args", {}).items()},
-                     knn_every=data.get("knn_every", 0), online_linear=data.get("online_linear", False))
+                     knn_every=data.get("knn_every", 0), online_linear=data.get("online_linear", False),
+                     **{k: tuple(data[k]) if isinstance(data[k], list) else data[k] for k in RUN_OPTIONAL
+                        if k in data and k != "recipe_name"})
