@@ -239,6 +239,10 @@ simple("throughput-unknown-method", ["throughput", "--method", "simclrr", "--dat
 
 simple("check-unknown-suite", ["check", "--suite", "cii"], "Did you mean 'ci'")
 simple("check-missing-baseline", ["check", "--baseline", "/nonexistent/ci.json"], "no baseline at")
+# decode / generate: the rest of their cases are in tests/test_generation.py
+simple("decode-missing-run", ["decode", "--run", "/nonexistent/run"], "run directory /nonexistent/run does not exist")
+simple("generate-n-0", ["generate", "--run", "/nonexistent/run", "--text", "a shoe", "--n", "0", "--out", "/nonexistent/g.png"],
+       "below the minimum 1")
 
 
 def _baseline(d: Path, text: str) -> list:

@@ -1,0 +1,50 @@
+"""The generation pictures: test inputs and each run's reconstruction of them; a CLIP run's samples per class prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.generation.decoder import DECODER_FILE, load_decoder
+from bench.generation.pictures import first_of_each_class, grid_png
+from bench.generation.prior import PRIOR_FILE, load_prior
+from bench.generation.protocol import prompts, sample_images, to_pixels
+from bench.generation.runs import Run, load_run
+from bench.store import atomic_write_bytes
+
+RECONSTRUCTIONS = "generation-reconstructions.png"
+TEXT_TO_IMAGE = "generation-text-to-image.png"
+
+
+def decoder_of(run: Run):
+    return load_decoder(run.path / DECODER_FILE, run.method.encoder.feature_dim, run.ds.channels, run.ds.image_size)
+
+
+def reconstructions(run_dirs: list[Path], data_root: str | None) -> bytes:
+    """Row 1: the first test image of each class; then one row per run: its decoder's image from its embedding."""
+    rows: dict[str, torch.Tensor] = {}
+    for d in run_dirs:
+        run = load_run(d, data_root)
+        idx = first_of_each_class(run.ds.test_y)
+        rows.setdefault("input", run.ds.test_x[idx].float() / 255)
+        feats = run.features(run.ds.test_x[idx])
+        rows[f"{run.cfg.method}/{run.cfg.backbone} s{run.cfg.seed}"] = to_pixels(decoder_of(run), feats, *run.ds.mean_std())
+    return grid_png(rows, "held-out test images decoded from each representation's embedding")
+
+
+def text_samples(run_dir: Path, data_root: str | None, n: int = 8) -> bytes:
+    """One row per class prompt: n images drawn through the run's prior and decoder."""
+    run = load_run(run_dir, data_root)
+    dec, prior = decoder_of(run), load_prior(run_dir / PRIOR_FILE, run.method.encoder.feature_dim)
+    rows = {text: sample_images(run, dec, prior, text, n, c) for c, text in enumerate(prompts(run))}
+    return grid_png(rows, f"text-to-image: {run.cfg.method} seed {run.cfg.seed} prior + decoder, {n} samples a prompt")
+
+
+def write_figures(run_dirs: list[Path], data_root: str | None, out: Path, clip_runs: list[Path]) -> list[Path]:
+    written = [out / RECONSTRUCTIONS]
+    atomic_write_bytes(written[0], reconstructions(run_dirs, data_root))
+    if clip_runs:
+        written.append(out / TEXT_TO_IMAGE)
+        atomic_write_bytes(written[1], text_samples(clip_runs[0], data_root))
+    return written
