@@ -30,11 +30,11 @@ from bench import presets
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data.roots import image_size
+from bench.presets.catalog import TABLE_DIR, table_names
 from bench.report import ci95
 from bench.runner import Options, run_many, validate
 from bench.store import atomic_write_bytes
 
-TABLE_DIR = presets.PRESET_DIR / "tables"
 TABLE_KEYS = ("title", "source", "presets")
 TABLE_OPTIONAL = ("notes",)
 NOT_SCORED = ("diverged", "error")  # no trained model to score; counted in n's denominator, never in its mean
@@ -71,14 +71,11 @@ class Row:
     configs: tuple[RunConfig, ...]  # one per seed
 
 
-def table_names() -> list[str]:
-    return sorted(p.stem for p in TABLE_DIR.glob("*.toml"))
-
-
 def read_table(name: str) -> Table:
     """The checked table file ``name``; one line naming the file and the key when it is malformed."""
-    if name not in table_names():
-        close = difflib.get_close_matches(name, table_names(), n=1, cutoff=0.5)
+    names = table_names(TABLE_DIR)  # this module's TABLE_DIR, which a test may point elsewhere
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"unknown table {name!r}; {hint}see 'repbench list tables'")
     path = TABLE_DIR / f"{name}.toml"

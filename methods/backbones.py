@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torchvision
 from torch import nn
 
-from bench.core.registry import Registry
+from methods.backbone_registry import BACKBONES
+
+__all__ = ["BACKBONES", "ConvNet", "build_backbone", "convnet", "resnet18", "resnet50"]
 
 
 class ConvNet(nn.Module):
@@ -56,10 +56,6 @@ def resnet18(in_channels: int, image_size: int, small_stem: bool | None = None) 
 
 def resnet50(in_channels: int, image_size: int, small_stem: bool | None = None) -> nn.Module:
     return _resnet("resnet50", in_channels, image_size, small_stem)
-
-
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", {
-    "convnet": convnet, "resnet18": resnet18, "resnet50": resnet50, "vit": "methods.vit:vit"})
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, **kwargs) -> nn.Module:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import COMMANDS, build_parser
+from bench.commands.list import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,10 +57,50 @@ def test_version_output():
         assert f"(git {sha.stdout.strip()}" in line, line
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["list", "methods"], ["list", "protocols"],
-                                  ["list", "suites"], ["list", "presets"]], ids=" ".join)
+# What each kind of `list` names, read where the rest of the code reads it (after the torch check: these import it).
+PUBLIC = {"methods": "methods:METHODS", "protocols": "protocols:PROTOCOLS", "datasets": "bench.data:DATASETS",
+          "backbones": "methods.backbones:BACKBONES", "suites": "bench.experiments:SUITES", "presets": "bench.presets:names",
+          "tables": "bench.reproduce:table_names"}
+
+
+def test_every_kind_has_its_public_registry():
+    assert sorted(PUBLIC) == KINDS.names()
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[["list", kind] for kind in KINDS.names()]], ids=" ".join)
 def test_quick_commands_import_no_torch(argv):
     proc = run_python(f"import sys; from bench.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
                       "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)")
     assert proc.stderr.strip().splitlines()[-1] == "NO TORCH", proc.stderr[-2000:]
     assert proc.stdout.strip()
+
+
+@pytest.mark.parametrize("kind", KINDS.names())
+def test_list_prints_the_registry_names(kind):
+    module, _, attr = PUBLIC[kind].partition(":")
+    proc = run_python(f"from bench.cli import main\nmain(['list', {kind!r}])\nfrom {module} import {attr} as found\n"
+                      "print('\\n'.join(found() if callable(found) else found.names()))")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split()
+    listed, names = lines[: len(lines) // 2], lines[len(lines) // 2:]
+    assert listed == names and len(names) == len(set(names)) > 0, proc.stdout
+
+
+def test_list_datasets_shows_a_plugin_registration():
+    proc = subprocess.run([sys.executable, "-m", "bench", "list", "datasets", "--plugin", "tiny_plugin"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "examples" / "plugin_method")},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "digits-flipped" in proc.stdout.split() and "digits" in proc.stdout.split()
+
+
+@pytest.mark.parametrize("name", ["run", "eval", "search", "reproduce", "throughput"])
+def test_device_defaults_to_auto(name):
+    device = next(a for a in command_parser(name)._actions if a.dest == "device")
+    assert device.default == "auto" and "default auto" in device.help
+
+
+def test_device_auto_runs_where_it_can(cli):
+    code, out, err = cli("throughput", "--method", "simclr", "--dataset", "digits", "--batch-size", "50", "--steps", "1",
+                         "--warmup", "0")
+    assert code == 0 and "img/s" in out, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.commands import run_flags
 from bench.commands.args import int_range
 from bench.commands.eval_features import DEFAULT_PROTOCOLS, parse_protocols
 from bench.evaluate import write_clip_benchmark
@@ -35,12 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", type=int_range(1), help="use this many training images per class (default all)")
     p.add_argument("--test-per-class", type=int_range(1), help="use this many test images per class (default all)")
     p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed of the protocols' random choices (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: CUDA when a GPU is visible, else cpu)")
     p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
     p.add_argument("--out", default="results", help="results directory (default results/)")
 
 
 def run(args) -> int:
+    args.device = run_flags.pick_device(args.device)
     ensure_writable_dir(Path(args.out))
     protocols = tuple(parse_protocols(DEFAULT_PROTOCOLS if args.protocols is None else args.protocols))
     req = EvalRequest(Path(args.checkpoint), args.format, args.dataset, args.backbone, protocols, args.image_size,

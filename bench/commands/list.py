@@ -1,8 +1,8 @@
 """`repbench list KIND`: registered names, one per line (other tools parse this); `list methods -v` adds each method's
 paper, options and their defaults.
 
-Each kind's registry is imported only when listed (entries of a registry, as everywhere): `list methods`,
-`list protocols` and `list suites` read tables that import no torch, so they start in a fraction of a second.
+Each kind's registry is imported only when listed (entries of a registry, as everywhere): every kind is read from a
+table (or data files) that imports no torch, so `list` starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from bench.core.registry import Registry
 
 # kind -> the registry (or, for data files, the function) listing its names.
 KINDS: Registry = Registry("kind", {"methods": "methods:METHODS", "protocols": "protocols:PROTOCOLS",
-                                    "datasets": "bench.data:DATASETS", "backbones": "methods.backbones:BACKBONES",
+                                    "datasets": "bench.dataset_registry:DATASETS",
+                                    "backbones": "methods.backbone_registry:BACKBONES",
                                     "suites": "bench.experiments:SUITES",
                                     # Presets and tables are data files, not registered code.
-                                    "presets": "bench.presets:names", "tables": "bench.reproduce:table_names"})
+                                    "presets": "bench.presets:names", "tables": "bench.presets.catalog:table_names"})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.commands import run_flags
 from bench.commands.args import float_range, int_range
 from bench.commands.values import parse_pairs
 from bench.core.errors import UsageError
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds per row (default 0,1,2)")
     p.add_argument("--scale", type=float_range(0, 1, open_lo=True), default=1.0, metavar="F",
                    help="run epochs x F (at least 1), 0 < F <= 1, to smoke a table in minutes (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: CUDA when a GPU is visible, else cpu)")
     p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
     p.add_argument("--out", default="results", help="results directory (default results/)")
     p.add_argument("--per-class", type=int_range(1), help="train on this many images per class (default: the preset's data, all)")
@@ -57,7 +59,7 @@ def parse_methods(text: str | None) -> tuple[str, ...] | None:
 
 def run(a: argparse.Namespace) -> int:
     req = Request(table=a.table, methods=parse_methods(a.methods), seeds=parse_seeds(a.seeds), scale=a.scale,
-                  device=a.device, per_class=a.per_class, test_per_class=a.test_per_class,
+                  device=run_flags.pick_device(a.device), per_class=a.per_class, test_per_class=a.test_per_class,
                   overrides=parse_pairs(a.set, "--set"))
     plan(req)  # every check that needs no data, before anything is written
     ensure_writable_dir(Path(a.out))

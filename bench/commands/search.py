@@ -9,7 +9,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from bench.commands import launcher_flags
+from bench.commands import launcher_flags, run_flags
 from bench.commands.args import int_range
 from bench.core.device import resolve_device
 from bench.core.errors import UsageError
@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "offset, recorded in each trial (default 0)")
     p.add_argument("--worker-trials", type=int_range(1, 100_000), help="this process runs at most this many trials "
                         "(default: until the study has --trials)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: CUDA when a GPU is visible, else cpu)")
     p.add_argument("--heartbeat", type=int_range(1, 86_400), default=Heartbeat.interval,
                    help="seconds between a running trial's heartbeats on database storages (default 60)")
     p.add_argument("--grace-period", type=int_range(1, 864_000),
@@ -69,7 +70,8 @@ def method_list(a: argparse.Namespace) -> list[str]:
 def run(a: argparse.Namespace) -> int:
     if a.seeds in (1, 2):
         raise UsageError(f"--seeds {a.seeds}: a confidence interval needs at least 3 seeds; use 0 to skip the re-runs")
-    resolve_device(a.device)
+    device = run_flags.pick_device(a.device)  # a keeps auto: a launched job picks where it runs
+    resolve_device(device)
     names = method_list(a)
     if a.space:
         use_space(read_space(Path(a.space)), [METHODS.get(n) for n in names], Path(a.space))
@@ -82,7 +84,7 @@ def run(a: argparse.Namespace) -> int:
     if launcher_flags.wanted(a):
         return launcher_flags.dispatch(a, out)
     budget = Budget(a.trials or suite.trials, a.worker_trials, a.study, a.pruner, a.sampler_seed)
-    rows = run_search(names, suite, budget, spec, out, seeds=a.seeds, data_root=a.data_root, device=a.device)
+    rows = run_search(names, suite, budget, spec, out, seeds=a.seeds, data_root=a.data_root, device=device)
     for r in rows:
         print(f"{r['method']}\t{r['study']}\tval_paper {100 * r['val_paper']:.1f}\tval_best {100 * r['val_best']:.1f}\t"
               f"test_tuned {100 * r['test_tuned_mean']:.1f} (n={r['test_tuned_n']})")

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.commands import run_flags
 from bench.commands.args import int_range
 from bench.config import RunConfig
 from bench.core.device import resolve_device
@@ -27,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int_range(2, 1 << 20), default=256, help="images per step (default 256)")
     p.add_argument("--steps", type=int_range(1, 100_000), default=30, help="timed steps (default 30)")
     p.add_argument("--warmup", type=int_range(0, 10_000), default=5, help="untimed steps first (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: CUDA when a GPU is visible, else cpu)")
     p.add_argument("--data-root", help="folder holding the dataset files (default: the usual lookup)")
     p.add_argument("--per-image", action="store_true",
                    help="also measure the per-image pipeline (PIL transforms in DataLoader workers) and print the ratio "
@@ -44,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    a.device = run_flags.pick_device(a.device)
     return run_table_mode(a) if a.table else run_single(a)
 
 

@@ -1,27 +1,21 @@
 """Datasets held in memory as uint8 (N, C, H, W) with int64 labels, behind a registry.
 
-Loaders return a ``Dataset``; nothing here decodes per image at training time. ``DATASETS`` is the table of
-what is registered; a loader's module is imported when the dataset is asked for.
-
-Datasets from outside the package: ``REPBENCH_DATASETS=NAME=MODULE:FUNCTION[,...]`` registers each
-``FUNCTION(data_root=None) -> Dataset`` of an importable MODULE under NAME (read at start-up; a built-in name is
-never replaced). An environment variable rather than an entry-point group, so a script needs no package install.
+Loaders return a ``Dataset``; nothing here decodes per image at training time. ``DATASETS``, the table of what
+is registered (with the ``REPBENCH_DATASETS`` plugins), lives in bench/dataset_registry.py, which imports no torch.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 from torchvision.transforms.v2.functional import resize
 
-from bench.core.errors import UsageError
-from bench.core.registry import Registry
-from bench.data.cache import env_value
+from bench.dataset_registry import BUILTIN, DATASETS, PLUGIN_FORMAT, PLUGIN_RE, _plugins
+
+__all__ = ["BUILTIN", "DATASETS", "PLUGIN_FORMAT", "PLUGIN_RE", "Dataset", "_plugins", "class_subset", "load_dataset",
+           "resized"]
 
 
 @dataclass
@@ -73,51 +67,6 @@ class Dataset:
         if split == "train":
             return replace(self, train_x=x[keep], train_y=y[keep], train_text=text, extras=extras)
         return replace(self, test_x=x[keep], test_y=y[keep], test_text=text, extras=extras)
-
-
-BUILTIN = {
-    "cifar10": "bench.data.torchvision_sets:cifar10",
-    "cifar100": "bench.data.torchvision_sets:cifar100",
-    "digits": "bench.data.digits:digits",
-    "fashion-mnist": "bench.data.fashion_mnist:fashion_mnist",
-    "fashion-mnist-captions": "bench.data.captions:fashion_mnist_captions",
-    "imagefolder": "bench.data.folders:imagefolder",
-    "imagenet": "bench.data.folders:imagenet",
-    "imagenet100": "bench.data.folders:imagenet100",
-    "shapes": "bench.data.captions:shapes",
-    "stl10": "bench.data.torchvision_sets:stl10",
-}
-PLUGIN_RE = re.compile(r"(?P<name>[A-Za-z0-9][\w.-]*)=(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)")
-PLUGIN_FORMAT = "REPBENCH_DATASETS=NAME=MODULE:FUNCTION[,NAME=MODULE:FUNCTION...]"
-
-
-def _plugin(item: str) -> Callable[..., Dataset]:
-    """A loader that imports the user's ``MODULE:FUNCTION`` when the dataset is asked for, errors as one line."""
-    m = PLUGIN_RE.fullmatch(item)
-
-    def load(data_root: str | None = None) -> Dataset:
-        if m is None:
-            raise UsageError(f"REPBENCH_DATASETS item {item!r} is not NAME=MODULE:FUNCTION; write {PLUGIN_FORMAT}")
-        try:
-            fn = vars(importlib.import_module(m["module"]))[m["attr"]]
-        except (ImportError, KeyError) as err:
-            raise UsageError(f"REPBENCH_DATASETS entry {item!r} cannot be loaded ({type(err).__name__}: {err}); make "
-                             "MODULE importable (on PYTHONPATH) with a function FUNCTION(data_root=None)") from None
-        ds = fn(data_root=data_root)
-        if not isinstance(ds, Dataset):
-            raise UsageError(f"REPBENCH_DATASETS entry {item!r} returned {type(ds).__name__}, not a bench.data.Dataset")
-        return ds
-
-    return load
-
-
-def _plugins(spec: str | None) -> dict[str, Callable[..., Dataset]]:
-    """Datasets registered from outside the package; a built-in name is never replaced."""
-    items = [i.strip() for i in (spec or "").split(",") if i.strip()]
-    return {i.partition("=")[0] or i: _plugin(i) for i in items if (i.partition("=")[0] or i) not in BUILTIN}
-
-
-DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", {**BUILTIN, **_plugins(env_value("REPBENCH_DATASETS"))})
 
 
 def load_dataset(name: str, data_root: str | None = None, per_class: int | None = None,
