@@ -219,4 +219,25 @@ def write_aggregate(agg: pd.DataFrame, out: Path, wide: bool = False) -> tuple[s
     atomic_write_bytes(csv, agg.to_csv(index=False).encode())
     if wide:
         return text, md, csv
-    return head + markdown(agg, wide=False) + f"\n(every column: {md}, or --wide)\n", md, csv
+    return head + markdown(agg, wide=False) + vs_floor_table(agg) + f"\n(every column: {md}, or --wide)\n", md, csv
+
+
+def vs_floor_table(agg: pd.DataFrame) -> str:
+    """The terminal's second table, where the records hold random-init floors: each method's paired gain over the
+    untrained encoder of its own backbone (the main job's question), which the narrow table has no room for."""
+    if VS_COLUMN not in agg or agg[VS_COLUMN].isna().all():
+        return ""
+    rows = agg[agg[VS_COLUMN].notna()]
+    cells = {c: [_gain(r, c) for _, r in rows.iterrows()] for c in VS_FLOOR}
+    shown = pd.DataFrame({"method": rows["method"], "backbone": rows["backbone"],
+                          "kNN gain": cells["knn.top1"], "linear gain": cells["linear.top1"],
+                          "above on both": [v.rsplit(": ", 1)[-1] for v in rows[VS_COLUMN]]})
+    return ("\n\nvs random init (paired by seed; points, mean [95% t-interval]); above: every run scored and both "
+            "intervals > 0.\n\n" + shown.to_markdown(index=False) + "\n")
+
+
+def _gain(row: pd.Series, metric: str) -> str:
+    mean, lo, hi = (row.get(f"vs_random.{metric}.{k}", math.nan) for k in ("gain", "lo", "hi"))
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:+.1f}" + ("" if pd.isna(lo) else f" [{lo:+.1f}, {hi:+.1f}]")

@@ -40,9 +40,15 @@ def every_method(tmp_path: Path) -> Path:
     return runs
 
 
-def rows(out: str) -> dict[str, list[str]]:
-    """Table rows by method: the cells between the pipes."""
-    return {cells[0]: cells for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")
+def rows(out: str, table: int = 0) -> dict[str, list[str]]:
+    """Rows by method of the output's ``table``-th table (the main one, then the vs-random one): cells between pipes."""
+    blocks, current = [], []
+    for line in out.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks, current = [*blocks, current], []
+    return {cells[0]: cells for line in blocks[table] if line.startswith("| ") and not line.startswith("| method")
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
 
 
@@ -53,8 +59,19 @@ def test_default_table_fits_and_names_its_columns(cli, tmp_path):
     header = next(line for line in out.splitlines() if line.startswith("| method"))
     for col in ("kNN %", "linear %", "NMI %", "train s", "flags", "seeds"):
         assert col in header
-    assert not any(col in out for col in WIDE_ONLY)
+    assert not any(col in header for col in WIDE_ONLY)
     assert set(rows(out)) == set(METHODS)
+
+
+def test_default_output_adds_the_gain_over_random_init_within_the_width(cli, tmp_path):
+    """The main job's question (every method against the untrained encoder of its backbone) has its own table."""
+    code, out, err = cli("table", "--runs", every_method(tmp_path), "--out", tmp_path / "t")
+    gains = rows(out, 1)
+    assert max(map(len, out.splitlines())) <= WIDTH and "vs random init" in out
+    # Every method but the floor itself, and MAE, whose ViT has no random floor among these records.
+    assert set(gains) == set(METHODS) - {"random", "mae"}
+    # kNN 0.70 + 0.01 seed for every method, the floor included: no gain, so no method is above it.
+    assert gains["simclr"][2].startswith("+0.0") and gains["simclr"][-1] == "no"
 
 
 def test_wide_and_table_md_hold_every_column(cli, tmp_path):
