@@ -161,7 +161,8 @@ class TrainLog:
                  done: int) -> None:
         self.cfg, self.steps = cfg, steps
         self.steps.keep_until(done)
-        self.lines = Progress(cfg.run_id(), total_steps, done) if lines else None
+        # The device in every line: a job's log says where it trains from its first line on.
+        self.lines = Progress(f"{cfg.run_id()} on {cfg.device}", total_steps, done) if lines else None
         self.sinks = Sinks(sinks, steps.path.parent, cfg) if sinks else None
 
     def rows(self, rows: list[dict[str, Any]], bar: Any) -> None:

@@ -127,6 +127,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(logged_run):
     lines = [line for line in err.splitlines() if " eta " in line]
     assert [line.split(" step ")[1].split()[0] for line in lines] == ["3/8", "4/8", "6/8", "8/8"]
     assert all(" loss " in line and " img/s " in line and " elapsed " in line for line in lines)
+    assert err.splitlines()[0] == lines[0] and " on cpu epoch " in lines[0]  # the device, said in the first line
     assert lines[0].split(" eta ")[1] != "?" and lines[-1].endswith("eta 0:00:00")
 
 
