@@ -16,7 +16,8 @@ from methods.spec import UNIFIED_RECIPE, Recipe, check, opt
 # trained model is.
 NOT_IN_KEY = ("suite", "protocols", "protocol_args", "knn_every", "online_linear")
 # Fields added after records were written: hashed only when set, so every older config keeps its key.
-KEYED_WHEN_SET = {"image_size": None, "protocol_args": {}, "knn_every": 0, "online_linear": False, "precision": "bf16"}
+KEYED_WHEN_SET = {"image_size": None, "protocol_args": {}, "knn_every": 0, "online_linear": False, "precision": "bf16",
+                  "sync_bn": True}
 PRECISIONS = ("bf16", "fp16", "fp32")
 RECIPE_KEYED_WHEN_SET = {"decay_norm_bias": False}
 
@@ -54,6 +55,9 @@ class RunConfig:
     # and the best evaluated epoch, and a linear head trained online on the encoder's detached features.
     knn_every: int = opt(0, ge=0, le=100_000)
     online_linear: bool = False
+    # Under DDP (several ranks), BatchNorm's statistics are the global batch's, so W ranks train the 1-process
+    # model; False: each rank normalises its own slice (the per-GPU BN of a plain DDP job). One process: no effect.
+    sync_bn: bool = True
 
     def __post_init__(self) -> None:
         """Every field by its annotation and declaration, the recipe by its own, and no NaN or infinity in the

@@ -53,7 +53,11 @@ def init_from_env(device: str) -> str:
                              "lower --nproc / --nproc-per-node to at most the GPU count")
         torch.cuda.set_device(local)
     try:
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        store, rank, world = next(dist.rendezvous("env://", timeout=TIMEOUT))
+        # torchrun's agent keeps one store across `--max-restarts` rounds: without a prefix per round, a restarted
+        # rank can read the dead ranks' addresses from the last round and fail (or hang) connecting to them.
+        store = dist.PrefixStore(f"repbench/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world, timeout=TIMEOUT)
     except (RuntimeError, ValueError, TimeoutError) as err:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -146,6 +150,12 @@ def convert_sync_batchnorm(module: nn.Module, device: str | torch.device = "cpu"
     if torch.device(device).type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _convert_cpu(module)
+
+
+def batchnorm_across_ranks(module: nn.Module, sync: bool, device: str | torch.device = "cpu") -> nn.Module:
+    """``module`` with its BatchNorm synchronised (``sync``, RunConfig.sync_bn) or left per rank: each rank then
+    normalises its own slice, as a plain DDP job on GPUs does, and the run is no longer the 1-process run."""
+    return convert_sync_batchnorm(module, device) if sync else module
 
 
 def _convert_cpu(module: nn.Module) -> nn.Module:

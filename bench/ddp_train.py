@@ -3,9 +3,9 @@
 Each rank draws the same global batch (same permutation, and the same augmentation RNG: every rank augments the
 whole global batch) and keeps its slice of it, so W ranks train on exactly the views one process would; gradients
 are averaged after backward (bench/train.py's ``step``, a no-op on one process). This class adds what only a rank
-needs: BatchNorm synchronised across ranks, the logged loss as the global mean, and files written by rank 0 alone
-(checkpoints, steps.csv, log sinks), every rank waiting for a checkpoint to be complete before going on, so that a
-restarted job resumes from it.
+needs: BatchNorm synchronised across ranks (unless the config's sync_bn is off), the logged loss as the global
+mean, and files written by rank 0 alone (checkpoints, steps.csv, log sinks), every rank waiting for a checkpoint
+to be complete before going on, so that a restarted job resumes from it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class RankTrainer(Trainer):
     def __init__(self, method: Method, ds: Dataset, cfg: RunConfig, run_dir: Path, progress: bool = True,
                  opts: TrainOptions | None = None) -> None:
         ddp.check_batch(cfg.batch_size)
-        ddp.convert_sync_batchnorm(method, cfg.device)
+        ddp.batchnorm_across_ranks(method, cfg.sync_bn, cfg.device)
         ddp.broadcast_state(method)
         main = ddp.is_main()
         opts = opts or TrainOptions()

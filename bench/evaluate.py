@@ -20,7 +20,7 @@ from bench.augment import normalise
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data import Dataset
-from bench.features import extract
+from bench.features import extract_sharded
 from bench.store import write_json
 from methods.base import Method, TextTower
 from protocols import LIMITS, PROTOCOLS
@@ -51,11 +51,16 @@ def class_embeddings(encode_text: Callable[[list[str]], torch.Tensor], class_nam
 
 
 def evaluate(method: Method, ds: Dataset, cfg: RunConfig) -> Metrics:
-    """Every protocol of ``cfg`` (all registered when None) on the encoder's features, and ``extra_metrics``."""
+    """Every protocol of ``cfg`` (all registered when None) on the encoder's features, and ``extra_metrics``.
+    Under torchrun every rank calls it: the features are extracted sharded over the ranks and gathered to rank 0
+    (``extract_sharded``), which alone runs the protocols; the other ranks get {}."""
     method.eval()
     mean, std = ds.mean_std()
-    train = Features(extract(method.encoder, ds.train_x, mean, std, cfg.device), ds.train_y, ds.num_classes, "train")
-    test_x = extract(method.encoder, ds.test_x, mean, std, cfg.device)
+    train_x = extract_sharded(method.encoder, ds.train_x, mean, std, cfg.device)
+    test_x = extract_sharded(method.encoder, ds.test_x, mean, std, cfg.device)
+    if train_x is None or test_x is None:
+        return {}
+    train = Features(train_x, ds.train_y, ds.num_classes, "train")
     text = text_side(method, ds, test_x, cfg.device) if isinstance(method, TextTower) else None
     test = Features(test_x, ds.test_y, ds.num_classes, "test", text)
     names = cfg.protocols if cfg.protocols is not None else PROTOCOLS.names()

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from bench.augment import Normalise
+from bench.core import dist as cdist
 from bench.core.errors import UsageError
 from bench.store import atomic_write_bytes
 from protocols.base import check_label_range
@@ -51,6 +53,29 @@ def extract(encoder: nn.Module, images_u8: torch.Tensor, mean, std, device: str 
             x = norm(images_u8[i:i + batch_size].to(device, non_blocking=True))
             out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def extract_sharded(encoder: nn.Module, images_u8: torch.Tensor, mean, std,
+                    device: str | torch.device = "cpu") -> torch.Tensor | None:
+    """``extract`` over the ranks of a process group: each rank its contiguous slice of the images, the features
+    gathered to rank 0 in image order (tensor collectives, nothing pickled). Rank 0 gets (N, D) float32, equal to
+    one process's ``extract`` to float32 round-off; the other ranks get None. One process: ``extract`` itself."""
+    world, n = cdist.world_size(), len(images_u8)
+    if world == 1 or n < world:
+        full = extract(encoder, images_u8, mean, std, device)
+        return full if cdist.rank() == 0 else None
+    bounds = [r * n // world for r in range(world + 1)]
+    rank, rows = cdist.rank(), -(-n // world)  # every slice padded to the longest, for equal-shaped collectives
+    mine = extract(encoder, images_u8[bounds[rank]:bounds[rank + 1]], mean, std, device)
+    # Gloo gathers CPU tensors, NCCL device tensors: the padded slice goes where the backend can send it.
+    where = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(rows, mine.shape[1], dtype=mine.dtype, device=where)
+    padded[:len(mine)] = mine.to(where)
+    parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded, parts, dst=0)
+    if rank != 0:
+        return None
+    return torch.cat([p[:bounds[r + 1] - bounds[r]].cpu() for r, p in enumerate(parts)])
 
 
 def inference_copy(encoder: nn.Module) -> nn.Module:

@@ -96,11 +96,11 @@ def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: boo
     t0 = time.perf_counter()
     training, throughput, monitored = train(method, ds, cfg, run_dir, resume, progress, train_opts)
     train_s = time.perf_counter() - t0
-    if not ddp.is_main():  # under torchrun, rank 0 evaluates and writes the record
-        return {"run_id": cfg.run_id(), "status": training["status"]}
     # A diverged run is never scored (its weights are the last finite step's, not a trained model); the record
     # keeps status and step, and tables show it as a flag without numbers.
     metrics = {**evaluate(method, ds, cfg), **monitored} if training["status"] != "diverged" else {}
+    if not ddp.is_main():  # under torchrun every rank extracts its share of the features; rank 0 scores and writes
+        return {"run_id": cfg.run_id(), "status": training["status"]}
     record = {
         "run_id": cfg.run_id(), "status": training["status"], "config": cfg.to_dict(),
         # The method's resolved config (capped queue sizes, backbone-dependent defaults), not just the request.

@@ -77,7 +77,7 @@ def train_steps(case: Case, dtype: torch.dtype = torch.float32) -> dict[str, Any
     averaged gradients, and the parameters and buffers after the last step. ``dtype`` float64: the reference that
     measures the float32 runs' own round-off."""
     cfg = case.cfg
-    method = ddp.convert_sync_batchnorm(build_method(cfg, _dataset(cfg)).to(dtype))
+    method = ddp.batchnorm_across_ranks(build_method(cfg, _dataset(cfg)).to(dtype), cfg.sync_bn)
     ddp.broadcast_state(method)
     method.train()
     opt = build_optimizer(method, cfg.recipe, cfg.batch_size)

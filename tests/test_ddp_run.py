@@ -1,6 +1,7 @@
-"""`repbench run --nproc 2` (torchrun, gloo, 2 CPU ranks) on digits: one record, written by rank 0, and a final model
-equal to the 1-process run's with the same global batch (every rank draws the global batch's views with the same
-RNG and keeps its half; fp32, so equal to float32 round-off). Plus its bad input: one line, exit 2, nothing written.
+"""`repbench run --nproc 2` (torchrun, gloo, 2 CPU ranks) on digits: one record, written by rank 0, with the
+1-process run's metrics (features extracted sharded over the ranks), and a final model equal to the 1-process run's
+with the same global batch (every rank draws the global batch's views with the same RNG and keeps its half; fp32,
+so equal to float32 round-off). Plus its bad input: one line, exit 2, nothing written.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ def run_dirs(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.glob("runs/*/*/record.json"))
 
 
+def numbers(tree, prefix: str = "") -> dict[str, float]:
+    """Every number of a record's metrics, by its dotted path."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in numbers(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in numbers(sub, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: float(tree)} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}
+
+
 # Slow: about 60 s here (torchrun starts 2 ranks that each import torch, on 2 shared cores).
 def test_two_ranks_give_one_record_and_the_one_process_model(tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -42,6 +52,8 @@ def test_two_ranks_give_one_record_and_the_one_process_model(tmp_path, capsys):
     assert m1.keys() == m2.keys()
     for k in m1:
         torch.testing.assert_close(m2[k], m1[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    # Evaluation: each rank extracted half the features, rank 0 scored them; every metric is the 1-process one.
+    assert numbers(r2["metrics"]) == pytest.approx(numbers(r1["metrics"]), rel=1e-4, abs=1e-6)
     assert r2["metrics"]["knn"]["top1"] == pytest.approx(r1["metrics"]["knn"]["top1"])
     assert r2["training"]["history"][0]["loss"] == pytest.approx(r1["training"]["history"][0]["loss"], rel=1e-5)
     assert two.stdout.count("| simclr") == 1  # the table, printed by rank 0 only

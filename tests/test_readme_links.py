@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "results/README.md", *sorted((ROOT / "results").glob("*/README.md")), ROOT / "examples/plugin_method/README.md"]
+DOCS = [ROOT / "README.md", ROOT / "results/README.md", *sorted((ROOT / "results").glob("*/README.md")),
+        ROOT / "examples/plugin_method/README.md"]
 TOP = ("bench", "methods", "protocols", "scripts", "results", "docs", "tests", "benchmarks", "examples")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 TICKED = re.compile(r"`([^`\s]+)`")

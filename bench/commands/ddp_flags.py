@@ -3,7 +3,8 @@ does on each rank when torchrun started it (`torchrun --nproc-per-node N -m benc
 
 --batch-size stays the global batch: every rank draws it alike and trains on its 1/N slice (bench/ddp.py), so the
 model equals the one-process run's to float32 round-off. Rank 0 writes checkpoints, steps.csv, the record and the
-table; the other ranks only train (evaluation runs on rank 0, on the whole test split).
+table; every rank extracts its contiguous share of the evaluation features, gathered to rank 0, which alone runs the
+protocols on the whole splits (one record per run).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from bench import ddp
 from bench.commands import train_flags
@@ -35,16 +37,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int_range(1, 1024), default=1, metavar="N",
                    help="train on N processes of this machine through torchrun (one per GPU on CUDA, gloo on the CPU); "
                         "--batch-size is the GLOBAL batch, each process takes 1/N of it, and the model equals the "
-                        "1-process run's; rank 0 evaluates and writes the record (default 1)")
+                        "1-process run's; features are extracted sharded over the ranks, rank 0 runs the protocols and "
+                        "writes the one record (default 1)")
     p.add_argument("--nnodes", type=int_range(1, 4096), default=1, metavar="M",
                    help="with --nproc: M machines, each running this same command (default 1)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
                    help="with --nnodes > 1: torchrun's rendezvous, hosted by the machine named HOST (no default)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under DDP, BatchNorm statistics of the global batch (synchronised across ranks, so N ranks "
+                        "train the 1-process model); --no-sync-bn: each rank normalises its own 1/N slice, as plain "
+                        "per-GPU BN does, a different model and config key (default: the preset's, else on)")
 
 
 def wanted(a: argparse.Namespace) -> bool:
     """True when this command should launch torchrun rather than train itself."""
     return (a.nproc > 1 or a.nnodes > 1) and not ddp.launched()
+
+
+def config_kwargs(a: argparse.Namespace) -> dict:
+    """The RunConfig field these flags set: sync_bn, when given (else the preset's or the default)."""
+    return {} if a.sync_bn is None else {"sync_bn": a.sync_bn}
 
 
 def join(a: argparse.Namespace) -> str:
@@ -90,11 +102,11 @@ def check_rendezvous(endpoint: str | None) -> None:
                          "that machine first, or fix --rdzv-endpoint") from None
 
 
-def torchrun_command(a: argparse.Namespace, argv: list[str]) -> list[str]:
+def torchrun_args(a: argparse.Namespace, argv: list[str]) -> list[str]:
+    """torchrun's command line (after ``torchrun``) for this one."""
     nodes = ["--standalone"] if a.nnodes == 1 else ["--nnodes", str(a.nnodes), "--rdzv-backend", "c10d",
                                                     "--rdzv-endpoint", a.rdzv_endpoint]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(a.nproc), *nodes,
-            "-m", "bench", *strip_launch_flags(argv)]
+    return ["--nproc-per-node", str(a.nproc), *nodes, "-m", "bench", *strip_launch_flags(argv)]
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:
@@ -114,10 +126,20 @@ def launch(a: argparse.Namespace) -> int:
     argv = sys.argv[1:]
     if "run" not in argv or not any(arg.split("=")[0] in LAUNCH_FLAGS for arg in argv):
         raise UsageError("--nproc relaunches the command line: give it to 'repbench run' itself, not through main()")
-    env = dict(os.environ)
     # torchrun would set 1; a CPU job shares this machine's cores out instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.nproc)))
-    return subprocess.call(torchrun_command(a, argv), env=env)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.nproc)))
+    # torchrun's own main, in this process, minus its error summary (a traceback of the agent): the failure is said
+    # in one line below, after the failed rank's own message.
+    try:
+        torchrun.run(torchrun.get_args_parser().parse_args(torchrun_args(a, argv)))
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        print(f"repbench: error: rank {rank} of the {a.nproc * a.nnodes}-process torchrun job failed ({how}; its "
+              "message, if any, is above); rerun the same command with --resume to continue from its last checkpoint",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 def run_rank(execute: Callable[[list[RunConfig], Path, argparse.Namespace], int], configs: list[RunConfig], out: Path,

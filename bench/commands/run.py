@@ -119,7 +119,7 @@ def run(a: argparse.Namespace) -> int:
     configs = run_flags.expand_seeds(given_configs(a), a)
     if a.protocols is not None:  # "" means no protocol (train only)
         configs = [replace(c, protocols=tuple(p.strip() for p in a.protocols.split(",") if p.strip())) for c in configs]
-    configs = [replace(c, **train_flags.config_kwargs(a)) for c in configs]
+    configs = [replace(c, **train_flags.config_kwargs(a), **ddp_flags.config_kwargs(a)) for c in configs]
     for c in configs:
         validate(c)
     ddp_flags.check(configs, a)

@@ -20,8 +20,8 @@ from methods.spec import Recipe
 PRESET_DIR = Path(__file__).parent
 TABLES = ("recipe", "method_args", "backbone_args")
 TOP_KEYS = ("method", "dataset", "backbone", "epochs", "batch_size", "protocols", *TABLES, "published")
-# Measurement settings a file may leave at RunConfig's defaults.
-TOP_OPTIONAL = ("image_size", "knn_every", "online_linear", "protocol_args")
+# Measurement settings, and BatchNorm across ranks (sync_bn), a file may leave at RunConfig's defaults.
+TOP_OPTIONAL = ("image_size", "knn_every", "online_linear", "protocol_args", "sync_bn")
 # The rest of a run's config, so a file can pin a whole record (repbench config --run); the device is the machine's.
 RUN_OPTIONAL = tuple(f.name for f in fields(RunConfig) if f.name not in (*TOP_KEYS, *TOP_OPTIONAL, "device", "suite"))
 PUBLISHED_KEYS = ("metric", "value", "source")
@@ -106,5 +106,6 @@ def to_config(data: dict[str, Any], recipe_name: str) -> RunConfig:
                      protocols=tuple(data["protocols"]), image_size=data.get("image_size"),
                      protocol_args={k: dict(v) for k, v in data.get("protocol_args", {}).items()},
                      knn_every=data.get("knn_every", 0), online_linear=data.get("online_linear", False),
+                     sync_bn=data.get("sync_bn", True),
                      **{k: tuple(data[k]) if isinstance(data[k], list) else data[k] for k in RUN_OPTIONAL
                         if k in data and k != "recipe_name"})
