@@ -78,11 +78,23 @@ def build_optimizer(model: nn.Module, recipe: Recipe, batch_size: int) -> torch.
         # Fused: one kernel per step, and it skips the update on the device when the loop says a loss was not
         # finite (bench/steps.py), with no host synchronisation.
         if recipe.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, fused=True)
+            return with_momentum_buffers(torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, fused=True))
         return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, fused=True)
     if recipe.optimizer == "lars":
         return LARS(groups, lr=lr, momentum=recipe.momentum)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def with_momentum_buffers(opt: torch.optim.SGD) -> torch.optim.SGD:
+    """Zero momentum buffers for every parameter from the start. Fused SGD takes a group's buffers together and
+    refuses a mix of present and absent ones, which arises when a parameter gets its first gradient late (DINO's
+    last layer and SwAV's prototypes are frozen at first); with dampening 0 a zero buffer gives the first update
+    exactly (momentum x 0 + gradient)."""
+    if opt.defaults["momentum"] and not opt.defaults["dampening"]:
+        for g in opt.param_groups:
+            for p in g["params"]:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return opt
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: tuple[float, ...] = (0.6, 0.8)) -> float:
