@@ -81,10 +81,10 @@ class StorageSpec:
         for attempt in range(1, attempts):
             try:
                 return self._rdb()
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            except sqlalchemy.exc.DBAPIError as err:
                 # Workers started together on a new database race to create Optuna's tables and version rows
-                # (optuna/optuna#1092, #4621); the loser sees "already exists" or a duplicate row, and a second
-                # look finds the tables the winner made.
+                # (optuna/optuna#1092, #4621); the loser sees "already exists" (PostgreSQL: a ProgrammingError for
+                # the enum types) or a duplicate row, and a second look finds the tables the winner made.
                 if not _creation_race(err):
                     raise
                 time.sleep(0.1 * attempt)
