@@ -19,8 +19,8 @@ from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data import Dataset, load_dataset
 from bench.data.cache import prepare_matplotlib
-from bench.runner import RECORD, build_method
-from bench.store import load_checkpoint, read_json
+from bench.runner import build_method, read_run_config
+from bench.store import load_checkpoint
 from bench.train import CHECKPOINT
 from methods import METHODS
 from methods.base import Decoder
@@ -32,15 +32,7 @@ def decoder_methods() -> list[str]:
 
 def load_run(run_dir: Path, data_root: str | None) -> tuple[RunConfig, Decoder, Dataset]:
     """(config, method with the checkpoint's weights in eval mode, dataset) of a finished run."""
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist; pass --run results/runs/<suite>/<run-id>")
-    record_path = run_dir / RECORD
-    if not record_path.is_file():
-        raise UsageError(f"{run_dir} has no {RECORD}; pass a run directory (results/runs/<suite>/<run-id>)")
-    record = read_json(record_path)
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise UsageError(f"{record_path} has no run config; is it a repbench record.json?")
-    cfg = RunConfig.from_dict(record["config"], str(record_path))
+    cfg = read_run_config(run_dir)
     if not issubclass(METHODS.get(cfg.method), Decoder):
         raise UsageError(f"method {cfg.method!r} has no decoder to draw; plot a run of {' or '.join(decoder_methods())}")
     ckpt_path = run_dir / CHECKPOINT

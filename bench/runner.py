@@ -81,6 +81,21 @@ def run_dir_for(cfg: RunConfig, out: Path) -> Path:
     return legacy if legacy.is_dir() and not current.is_dir() else current
 
 
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The config a finished run's record.json holds; one clear line for a missing folder, record or config."""
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist; pass --run results/runs/<suite>/<run-id>")
+    record_path = run_dir / RECORD
+    if not record_path.is_file():
+        raise UsageError(f"{run_dir} has no {RECORD}; pass a run directory (results/runs/<suite>/<run-id>)")
+    record = read_json(record_path)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise UsageError(f"{record_path} has no run config; is it a repbench record.json?")
+    cfg = RunConfig.from_dict(record["config"], str(record_path))
+    METHODS.get(cfg.method)  # an unknown method is a UsageError naming it
+    return cfg
+
+
 def run_one(cfg: RunConfig, out: Path, data_root: str | None = None, resume: bool = False,
             progress: bool = True, ds: Dataset | None = None, train_opts: TrainOptions | None = None) -> dict[str, Any]:
     validate(cfg)

@@ -16,8 +16,9 @@ from bench.generation.decoder import DecoderSettings
 from bench.generation.figures import RECONSTRUCTIONS, TEXT_TO_IMAGE, write_figures
 from bench.generation.pipeline import RESULT_FILE, decode_run
 from bench.generation.protocol import ProtocolSettings
-from bench.generation.runs import check_checkpoint, read_config
+from bench.generation.runs import check_checkpoint
 from bench.generation.table import write_table
+from bench.runner import read_run_config
 from bench.store import ensure_writable_dir
 
 
@@ -46,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     dirs = [Path(d) for d in a.run]
     for d in dirs:  # every run is checked before any training starts
-        check_checkpoint(d, read_config(d))
+        check_checkpoint(d, read_run_config(d))
     for flag, folder in (("--table", a.table), ("--figures", a.figures)):
         if folder:
             ensure_writable_dir(Path(folder), flag)

@@ -13,7 +13,8 @@ from bench.generation.classifier import fixed_classifier
 from bench.generation.decoder import DECODER_FILE, DecoderSettings, load_decoder, train_decoder
 from bench.generation.prior import PRIOR_FILE, check_text_tower, load_prior, train_captions, train_prior
 from bench.generation.protocol import DEFAULT_TEMPLATE, ProtocolSettings, reconstruction, sample_images, text_to_image
-from bench.generation.runs import Run, load_run, read_config
+from bench.generation.runs import Run, load_run
+from bench.runner import read_run_config
 from bench.store import write_json
 from methods import METHODS
 from methods.base import TextTower
@@ -59,7 +60,7 @@ def fit_prior(run: Run, train_feats: torch.Tensor, log=print):
 
 def generate(run_dir: Path, data_root: str | None, text: str, n: int, seed: int) -> tuple[Run, torch.Tensor]:
     """n images in [0, 1] for ``text`` from a CLIP run's prior and decoder (both trained by repbench decode)."""
-    check_text_tower(METHODS.get(read_config(run_dir).method), run_dir)
+    check_text_tower(METHODS.get(read_run_config(run_dir).method), run_dir)
     for name in (DECODER_FILE, PRIOR_FILE):
         if not (run_dir / name).is_file():
             raise UsageError(f"no {name} in {run_dir}; train it first: repbench decode --run {run_dir}")

@@ -12,8 +12,8 @@ from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data import Dataset, load_dataset
 from bench.features import extract
-from bench.runner import RECORD, build_method
-from bench.store import load_checkpoint, read_json
+from bench.runner import build_method, read_run_config
+from bench.store import load_checkpoint
 from bench.train import CHECKPOINT
 from methods import METHODS
 from methods.base import Method
@@ -35,20 +35,6 @@ class Run:
         return extract(self.method.encoder, images_u8, *self.ds.mean_std())
 
 
-def read_config(run_dir: Path) -> RunConfig:
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist; pass --run results/runs/<suite>/<run-id>")
-    record_path = run_dir / RECORD
-    if not record_path.is_file():
-        raise UsageError(f"{run_dir} has no {RECORD}; pass a run directory (results/runs/<suite>/<run-id>)")
-    record = read_json(record_path)
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise UsageError(f"{record_path} has no run config; is it a repbench record.json?")
-    cfg = RunConfig.from_dict(record["config"], str(record_path))
-    METHODS.get(cfg.method)  # an unknown method is a UsageError naming it
-    return cfg
-
-
 def check_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
     """The run's checkpoint; None for the floors (raw pixels, random init), which are rebuilt from their seed."""
     if METHODS.get(cfg.method).trained_by == "none":
@@ -68,7 +54,7 @@ def dataset(name: str, data_root: str | None, per_class: int | None, test_per_cl
 
 def load_run(run_dir: Path, data_root: str | None) -> Run:
     """The run's method with its weights (the floors at their seeded initialisation), in eval mode, on the CPU."""
-    cfg = read_config(run_dir)
+    cfg = read_run_config(run_dir)
     ckpt = check_checkpoint(run_dir, cfg)
     ds = dataset(cfg.dataset, data_root, cfg.per_class, cfg.test_per_class, cfg.image_size)
     method = build_method(replace(cfg, device="cpu"), ds)
