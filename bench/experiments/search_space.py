@@ -27,13 +27,13 @@ it applies to every searched method whose Config has the field::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from bench.config import RunConfig
 from bench.core.errors import UsageError
+from bench.core.tomlfile import read_toml
 from methods.base import Method, config_defaults
 from methods.spec import Knob
 
@@ -115,12 +115,7 @@ def to_config(base: RunConfig, params: dict[str, Any]) -> RunConfig:
 
 def read_space(path: Path) -> list[Knob]:
     """The knobs of a --space file, each checked (one line naming the file and the knob otherwise)."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read --space file {path}: {err.strerror}; give a readable TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"--space {path} is not valid TOML ({err}); see 'repbench search --help' for the form") from None
+    data = read_toml(path, "--space file", "'repbench search --help'", label=f"--space {path}")
     if not data:
         raise UsageError(f"--space {path} declares no knob; give a [FIELD] table with low and high, or choices")
     return [_knob(path, name, table) for name, table in data.items()]

@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.config import RunConfig
 from bench.core.errors import UsageError
+from bench.core.tomlfile import read_toml
 from bench.experiments.ablate import Grid
 from bench.experiments.scales import Scale
 from methods import METHODS
@@ -72,12 +73,7 @@ def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_grid_file(path: Path) -> dict[str, Any]:
     """The checked grid file: its keys, with ``vary`` as {dotted key: [values]}."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read grid file {path}: {err.strerror}; give a readable TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid TOML ({err}); see 'repbench ablate --help' for the form") from None
+    data = read_toml(path, "grid file", "'repbench ablate --help'")
     unknown = sorted(set(data) - set(FILE_KEYS))
     if unknown:
         raise UsageError(f"{path}: unknown key {unknown[0]}; known keys: {', '.join(FILE_KEYS)}")

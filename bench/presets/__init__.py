@@ -8,13 +8,13 @@ file's notes say so. ``--config FILE`` reads a user's file of the same form.
 from __future__ import annotations
 
 import copy
-import tomllib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from bench.config import RunConfig
 from bench.core.errors import UsageError
+from bench.core.tomlfile import read_toml
 from methods.spec import Recipe
 
 PRESET_DIR = Path(__file__).parent
@@ -43,13 +43,7 @@ def path_of(name: str) -> Path:
 
 def read(path: Path, user: bool = False) -> dict[str, Any]:
     """The checked contents of a preset file: one line naming the file and the key when a key is unknown or missing."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as err:
-        raise UsageError(f"cannot read config file {path}: {err.strerror}; give a readable TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid TOML ({err}); see bench/presets/*.toml for the form") from None
+    data = read_toml(path, "config file", "bench/presets/*.toml")
     check_keys(data, str(path), user)
     return data
 
