@@ -12,8 +12,9 @@ import argparse
 from pathlib import Path
 
 from bench.commands.args import float_range, int_range
+from bench.generation.compositional_table import TABLE_CSV, TABLE_MD, write_compositional_table
 from bench.generation.decoder import DecoderSettings
-from bench.generation.figures import RECONSTRUCTIONS, TEXT_TO_IMAGE, write_figures
+from bench.generation.figures import COMPOSITIONAL, RECONSTRUCTIONS, TEXT_TO_IMAGE, write_figures
 from bench.generation.pipeline import RESULT_FILE, decode_run
 from bench.generation.protocol import ProtocolSettings
 from bench.generation.runs import check_checkpoint
@@ -38,9 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="train the decoder from scratch instead of resuming decoder.pt (default: resume)")
     p.add_argument("--table", metavar="DIR",
-                   help="also write DIR/table.md and DIR/table.csv over the runs given (default: no table)")
+                   help="also write DIR/table.md and DIR/table.csv over the runs given, and for CLIP runs on shapes "
+                   f"DIR/{TABLE_MD} and DIR/{TABLE_CSV} (default: no table)")
     p.add_argument("--figures", metavar="DIR", help=f"also draw DIR/{RECONSTRUCTIONS} (each method's lowest seed) and, "
-                   f"for a CLIP run, DIR/{TEXT_TO_IMAGE} (default: no pictures)")
+                   f"for a CLIP run, DIR/{TEXT_TO_IMAGE} (on shapes also DIR/{COMPOSITIONAL}) (default: no pictures)")
     p.add_argument("--data-root", help="folder holding the dataset files (default $REPBENCH_DATA, else the download cache)")
 
 
@@ -64,6 +66,8 @@ def run(a: argparse.Namespace) -> int:
     if a.table:
         write_table(dirs, Path(a.table), RESULT_FILE)
         print(f"wrote {Path(a.table) / 'table.md'} and table.csv")
+        for path in write_compositional_table(list(results.values()), Path(a.table)):
+            print(f"wrote {path}")
     if a.figures:
         draw(results, Path(a.figures), a.data_root)
     return 0

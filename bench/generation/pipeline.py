@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 
 from bench.core.errors import UsageError
+from bench.generation import compositional
 from bench.generation.classifier import fixed_classifier
 from bench.generation.decoder import DECODER_FILE, DecoderSettings, load_decoder, train_decoder
 from bench.generation.prior import PRIOR_FILE, check_text_tower, load_prior, train_captions, train_prior
 from bench.generation.protocol import DEFAULT_TEMPLATE, ProtocolSettings, reconstruction, sample_images, text_to_image
 from bench.generation.runs import Run, load_run
+from bench.generation.shape_classifier import shape_classifier
 from bench.runner import read_run_config
 from bench.store import write_json
 from methods import METHODS
@@ -26,7 +28,8 @@ def decode_run(run_dir: Path, data_root: str | None, settings: DecoderSettings, 
                resume: bool = True, log=print) -> dict:
     """Train (or resume) the decoder and, for CLIP, the prior; score them; write generation.json beside the run."""
     run = load_run(run_dir, data_root)
-    clf = fixed_classifier(run.ds, data_root, log)
+    # shapes: the colour-blind shape classifier, so that a held-out pair's shape is scored apart from its colour.
+    clf = (shape_classifier if compositional.applies(run) else fixed_classifier)(run.ds, data_root, log)
     t0 = time.perf_counter()
     log(f"{run.name}: {run.cfg.method} features of {len(run.ds.train_y)} training images")
     train_feats = run.features(run.ds.train_x)
@@ -39,6 +42,9 @@ def decode_run(run_dir: Path, data_root: str | None, settings: DecoderSettings, 
     if isinstance(run.method, TextTower):
         prior = fit_prior(run, train_feats, log)
         result["text_to_image"] = text_to_image(run, dec, prior, clf, protocol)
+        if compositional.applies(run):
+            result["compositional"] = compositional.compositional(run, dec, prior, clf, protocol)
+            log(f"{run.name}: {compositional.line(result['compositional'])}")
     result["train_s"] = round(time.perf_counter() - t0, 1)
     write_json(run_dir / RESULT_FILE, result)
     return result
