@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding the dataset files, for the decoder methods' reconstructions "
                    "(default: where 'repbench data' puts them)")
     p.add_argument("--no-reconstructions", action="store_true",
-                   help="skip drawing decoder methods' reconstructions (each loads its checkpoint and dataset; default: draw)")
+                   help="skip drawing decoder methods' reconstructions and decoded runs' generation pictures (each loads its "
+                        "checkpoint and dataset; default: draw)")
 
 
 def run(a: argparse.Namespace) -> int:

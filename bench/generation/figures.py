@@ -17,6 +17,7 @@ from bench.generation.protocol import prompts, sample_images, to_pixels
 from bench.generation.runs import Run, load_run
 from bench.runner import read_run_config
 from bench.store import atomic_write_bytes
+from methods.base import TextTower
 
 RECONSTRUCTIONS = "generation-reconstructions.png"
 TEXT_TO_IMAGE = "generation-text-to-image.png"
@@ -32,18 +33,41 @@ def reconstructions(run_dirs: list[Path], data_root: str | None) -> bytes:
     rows: dict[str, torch.Tensor] = {}
     for d in run_dirs:
         run = load_run(d, data_root)
-        idx = first_of_each_class(run.ds.test_y)
-        rows.setdefault("input", run.ds.test_x[idx].float() / 255)
-        feats = run.features(run.ds.test_x[idx])
-        rows[f"{run.cfg.method}/{run.cfg.backbone} s{run.cfg.seed}"] = to_pixels(decoder_of(run), feats, *run.ds.mean_std())
+        inputs, decoded = reconstruction_rows(run, decoder_of(run))
+        rows.setdefault("input", inputs)
+        rows[f"{run.cfg.method}/{run.cfg.backbone} s{run.cfg.seed}"] = decoded
     return grid_png(rows, "held-out test images decoded from each representation's embedding")
+
+
+def reconstruction_rows(run: Run, dec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first test image of each class in [0, 1], and the decoder's image of each from its embedding."""
+    idx = first_of_each_class(run.ds.test_y)
+    return run.ds.test_x[idx].float() / 255, to_pixels(dec, run.features(run.ds.test_x[idx]), *run.ds.mean_std())
+
+
+def prompt_rows(run: Run, dec, n: int) -> dict[str, torch.Tensor]:
+    """One row per class prompt: n images drawn through the run's prior and decoder."""
+    prior = load_prior(run.path / PRIOR_FILE, run.method.encoder.feature_dim)
+    return {text: sample_images(run, dec, prior, text, n, c) for c, text in enumerate(prompts(run))}
+
+
+def run_picture(run_dir: Path, data_root: str | None, n: int = 6) -> bytes:
+    """One run's picture for its report page: inputs over their reconstructions, then for a run with a text tower
+    (CLIP: it has a prior) n samples per class prompt."""
+    run = load_run(run_dir, data_root)
+    dec = decoder_of(run)
+    inputs, decoded = reconstruction_rows(run, dec)
+    rows = {"input": inputs, "decoded": decoded}
+    if isinstance(run.method, TextTower):
+        rows |= prompt_rows(run, dec, n)
+    return palette_png(grid_png(rows, f"{run.cfg.method} seed {run.cfg.seed}: test images over their decoding"
+                                      + (f", then {n} samples a prompt" if len(rows) > 2 else "")))
 
 
 def text_samples(run_dir: Path, data_root: str | None, n: int = 8) -> bytes:
     """One row per class prompt: n images drawn through the run's prior and decoder."""
     run = load_run(run_dir, data_root)
-    dec, prior = decoder_of(run), load_prior(run_dir / PRIOR_FILE, run.method.encoder.feature_dim)
-    rows = {text: sample_images(run, dec, prior, text, n, c) for c, text in enumerate(prompts(run))}
+    rows = prompt_rows(run, decoder_of(run), n)
     return grid_png(rows, f"text-to-image: {run.cfg.method} seed {run.cfg.seed} prior + decoder, {n} samples a prompt")
 
 

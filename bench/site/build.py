@@ -12,7 +12,9 @@ from pathlib import Path
 
 from bench.core.errors import UsageError
 from bench.figures import decoder_methods, reconstructions_png
+from bench.generation.figures import run_picture
 from bench.report import _load
+from bench.site import generation
 from bench.site.html import GENERATOR, slug
 from bench.site.overview import index_page
 from bench.site.reports import find_reports, write_report
@@ -30,7 +32,8 @@ def collect_runs(runs_dir: Path) -> list[Run]:
         while name in names:
             name += "_"
         names.add(name)
-        runs.append(Run(folder, rec, f"runs/{name}.html"))
+        result, note = generation.read_result(folder)
+        runs.append(Run(folder, rec, f"runs/{name}.html", generation=result, generation_note=note))
     return runs
 
 
@@ -68,6 +71,21 @@ def draw_reconstructions(runs: list[Run], site: Path, data_root: str | None, log
         (site / run.reconstruction).write_bytes(png)
 
 
+def draw_generation(runs: list[Run], site: Path, data_root: str | None, log: Callable[[str], None]) -> None:
+    """The generation picture of every run with a generation.json; one whose decoder or data is missing gets a note."""
+    for run in runs:
+        if run.generation is None:
+            continue
+        try:
+            png = run_picture(run.folder, data_root)
+        except UsageError as err:
+            run.generation_note = f"not drawn: {err}"
+            log(f"repbench report: {run.folder.name}: generation {run.generation_note}")
+            continue
+        run.generation_png = f"{run.page.removesuffix('.html')}-generation.png"
+        (site / run.generation_png).write_bytes(png)
+
+
 def build(runs_dir: Path, out: Path, report_dirs: list[Path], data_root: str | None = None,
           reconstructions: bool = True, log: Callable[[str], None] | None = None) -> tuple[int, int]:
     """Write the site; returns (runs, ablation and search pages)."""
@@ -87,6 +105,7 @@ def build(runs_dir: Path, out: Path, report_dirs: list[Path], data_root: str | N
         (tmp / "reports").mkdir()
         if reconstructions:
             draw_reconstructions(runs, tmp, data_root, log)
+            draw_generation(runs, tmp, data_root, log)
         for run in runs:
             (tmp / run.page).write_text(run_page(run))
         for report in reports:

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from bench.report import GROUP, ci95, flatten
+from bench.site import generation
 from bench.site.html import cell, esc, num, page, table
 from bench.site.runs import Run
 from bench.site.svg import scatter
@@ -97,6 +98,10 @@ def index_page(runs: list[Run], source: str, extra: list[tuple[str, str]]) -> st
             '<input type="search" data-filter="overview" placeholder="filter rows, e.g. moco" aria-label="filter rows">',
             overview_table(df), "<h2>Accuracy against throughput</h2>",
             "<p>One point per run; click a point for its page.</p>", scatter_svg(df)]
+    gen = [(r.page, r.generation) for r in runs if r.generation is not None]
+    if gen:
+        body += ["<h2>Generation</h2>", "<p>Test images decoded from each run's embedding (repbench decode); top-1 of a "
+                 "fixed classifier trained on real images.</p>", generation.index_table(gen)]
     if extra:
         items = "".join(f'<li><a href="{esc(p)}">{esc(t)}</a></li>' for t, p in extra)
         body.append(f"<h2>Ablations and searches</h2><ul>{items}</ul>")

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.site import generation
 from bench.site.html import cell, esc, key_values, num, page, table
 from bench.site.svg import line_chart
 
@@ -26,6 +27,9 @@ class Run:
     page: str  # the page's path inside the site, "runs/<name>.html"
     reconstruction: str = ""  # the picture's path inside the site, when one was drawn
     note: str = ""  # why there is no picture, when a decoder run has none
+    generation: dict | None = None  # its generation.json (repbench decode), when it has one
+    generation_png: str = ""  # the generation picture's path inside the site, when one was drawn
+    generation_note: str = ""  # why there is no generation picture (or no readable generation.json)
 
     @property
     def title(self) -> str:
@@ -131,6 +135,8 @@ def run_page(run: Run) -> str:
         parts.append(_section("Reconstructions", f'<img src="../{esc(run.reconstruction)}" alt="reconstructions">'))
     elif run.note:
         parts.append(_section("Reconstructions", f'<p class="muted">{esc(run.note)}</p>'))
+    if run.generation is not None or run.generation_note:
+        parts.append(_section("Generation", generation.section(run.generation, run.generation_png, run.generation_note)))
     parts.append(_section("Metrics", metrics_table(rec)))
     config = {"config": c, "method_config": rec.get("method_config"), "data": rec.get("data")}
     parts.append(_section("Config", f"<pre>{esc(json.dumps(config, indent=2))}</pre>"))
