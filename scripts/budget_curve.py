@@ -25,7 +25,7 @@ from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data.cache import prepare_matplotlib
 from bench.experiments.scales import backbone_for
-from bench.experiments.suites import QUICK_BATCH, QUICK_PER_CLASS, QUICK_TEST_PER_CLASS
+from bench.experiments.suites import FLOOR_BACKBONE_ARGS, QUICK_BATCH, QUICK_PER_CLASS, QUICK_TEST_PER_CLASS
 from bench.report import load_records
 from bench.runner import Options, json_like, recipe_diff, run_many
 from bench.store import atomic_write_bytes
@@ -71,7 +71,9 @@ def configs(a: argparse.Namespace) -> list[RunConfig]:
                   recipe_name=name, test_per_class=a.test_per_class, protocols=METRICS, suite="budget")
     methods = a.methods.split(",")
     floors = sorted({backbone_for(m, "convnet") for m in methods})
-    out = [RunConfig(method="random", backbone=b, epochs=1, seed=s, **common) for b in floors for s in seeds]
+    # The floor's encoder as the method builds it (MAE's ViT pools by mean), as the quick suite pairs them.
+    out = [RunConfig(method="random", backbone=b, epochs=1, seed=s, backbone_args=FLOOR_BACKBONE_ARGS.get(b, {}), **common)
+           for b in floors for s in seeds]
     for m in methods:
         for e in (int(x) for x in a.epochs.split(",")):
             out += [RunConfig(method=m, backbone=backbone_for(m, "convnet"), epochs=e, seed=s, **common) for s in seeds]
@@ -87,7 +89,9 @@ def paired(records: list[dict], label: str) -> pd.DataFrame:
     # Each record is paired with the floor measured beside it (same folder): records made at other times may carry
     # another version of a protocol (the linear probe's lambda selection changed between two of ours).
     floor = {(r.get("_source"), r["config"]["backbone"], r["config"]["seed"], m): value(r, m)
-             for r in records if r["config"]["method"] == "random" for m in METRICS}
+             for r in records if r["config"]["method"] == "random"
+             and r["config"].get("backbone_args", {}) == FLOOR_BACKBONE_ARGS.get(r["config"]["backbone"], {})
+             for m in METRICS}
     rows = {}
     for r in records:
         c = r["config"]
@@ -112,27 +116,35 @@ def paired(records: list[dict], label: str) -> pd.DataFrame:
 
 
 def plot(df: pd.DataFrame, path: Path) -> None:
+    """One small panel per method (and recipe): kNN and linear gain against steps, with the zero line."""
     prepare_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.2), sharey=False)
-    for ax, metric in zip(axes, METRICS, strict=True):
-        for (recipe, method), g in df[df.metric == metric].groupby(["recipe", "method"]):
-            g = g.sort_values("steps")
-            name = method if df.recipe.nunique() == 1 else f"{method} ({recipe})"
-            ax.errorbar(g.steps, g.gain, yerr=[g.gain - g.lo, g.hi - g.gain], marker="o", ms=3, capsize=2, label=name)
+    groups = list(df.groupby(["recipe", "method"]))
+    cols = min(4, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharex=True)
+    for ax, ((recipe, method), g) in zip(axes.flat, groups, strict=False):
+        for metric, colour in zip(METRICS, ("tab:blue", "tab:orange"), strict=True):
+            m = g[g.metric == metric].sort_values("steps")
+            ax.errorbar(m.steps, m.gain, yerr=[m.gain - m.lo, m.hi - m.gain], marker="o", ms=3, capsize=2,
+                        color=colour, label=metric)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("SGD steps")
-        ax.set_ylabel(f"{metric} top-1 minus random init (points)")
-        ax.set_title(f"{metric}: paired gain over random init, 95% t-interval")
+        ax.set_title(method if df.recipe.nunique() == 1 else f"{method} ({recipe})", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("SGD steps (batch 64)", fontsize=9)
+    fig.supylabel("top-1 minus random init (points), 95% t-interval", fontsize=9)
+    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -145,6 +157,17 @@ def also(a: argparse.Namespace) -> list[dict]:
     return [{**r, "_source": d} for d in a.also for r in load_records(Path(d))
             if r["config"]["method"] in wanted and r.get("recipe_diff_from_unified") == json_like(recipe_diff(recipe))
             and all(r["config"].get(k) == v for k, v in same.items())]
+
+
+def first_pass(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the fewest measured steps at which every metric's interval lies above 0, or the most measured."""
+    out = []
+    for (recipe, method), g in df.groupby(["recipe", "method"]):
+        wide = g.pivot_table(index="steps", columns="metric", values="lo").sort_index()
+        ok = wide[(wide > 0).all(axis=1) & (wide.notna().all(axis=1))]
+        out.append({"recipe": recipe, "method": method, "steps_measured": ",".join(str(int(x)) for x in wide.index),
+                    "passes_at": f"{int(ok.index[0])} steps" if len(ok) else f"not by {int(wide.index.max())} steps"})
+    return pd.DataFrame(out)
 
 
 def main() -> None:
@@ -165,6 +188,7 @@ def main() -> None:
     atomic_write_bytes(csv, df.to_csv(index=False).encode())
     plot(df, out / "budget_curve.png")
     print(df.to_string(index=False))
+    print(first_pass(df).to_string(index=False))
 
 
 if __name__ == "__main__":
