@@ -59,31 +59,31 @@ def draw_reconstructions(runs: list[Run], site: Path, data_root: str | None, log
     checkpoint, dataset not here) gets a note on its page instead."""
     decoders = set(decoder_methods())
     for run in runs:
-        if run.record["config"]["method"] not in decoders:
-            continue
-        try:
-            png = reconstructions_png(run.folder, data_root, 8, 8, 0)
-        except UsageError as err:
-            run.note = f"not drawn: {err}"
-            log(f"repbench report: {run.folder.name}: reconstructions {run.note}")
-            continue
-        run.reconstruction = f"{run.page.removesuffix('.html')}.png"
-        (site / run.reconstruction).write_bytes(png)
+        if run.record["config"]["method"] in decoders:
+            run.reconstruction, run.note = _picture(
+                run, site, lambda r=run: reconstructions_png(r.folder, data_root, 8, 8, 0), "", "reconstructions", log)
 
 
 def draw_generation(runs: list[Run], site: Path, data_root: str | None, log: Callable[[str], None]) -> None:
     """The generation picture of every run with a generation.json; one whose decoder or data is missing gets a note."""
     for run in runs:
-        if run.generation is None:
-            continue
-        try:
-            png = run_picture(run.folder, data_root)
-        except UsageError as err:
-            run.generation_note = f"not drawn: {err}"
-            log(f"repbench report: {run.folder.name}: generation {run.generation_note}")
-            continue
-        run.generation_png = f"{run.page.removesuffix('.html')}-generation.png"
-        (site / run.generation_png).write_bytes(png)
+        if run.generation is not None:
+            run.generation_png, run.generation_note = _picture(
+                run, site, lambda r=run: run_picture(r.folder, data_root), "-generation", "generation", log)
+
+
+def _picture(run: Run, site: Path, draw: Callable[[], bytes], suffix: str, what: str,
+             log: Callable[[str], None]) -> tuple[str, str]:
+    """(the picture's path inside the site, "") once drawn and written; ("", the note) when it cannot be drawn."""
+    try:
+        png = draw()
+    except UsageError as err:
+        note = f"not drawn: {err}"
+        log(f"repbench report: {run.folder.name}: {what} {note}")
+        return "", note
+    path = f"{run.page.removesuffix('.html')}{suffix}.png"
+    (site / path).write_bytes(png)
+    return path, ""
 
 
 def build(runs_dir: Path, out: Path, report_dirs: list[Path], data_root: str | None = None,
