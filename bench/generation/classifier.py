@@ -17,6 +17,7 @@ from torch import nn
 from bench.augment import normalise
 from bench.data import Dataset, load_dataset
 from bench.data.cache import writable_cache
+from bench.generation.decoder import run_epoch
 from bench.store import load_checkpoint, save_checkpoint
 
 PER_CLASS = 600
@@ -74,13 +75,6 @@ def fit(net: nn.Module, ds: Dataset) -> None:
     torch.manual_seed(0)
     x, y = normalise(ds.train_x, *ds.mean_std()), ds.train_y
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    net.train()
     for _ in range(EPOCHS):
-        order = torch.randperm(len(y))
-        for i in range(0, len(order), BATCH):
-            idx = order[i:i + BATCH]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        run_epoch(net, opt, x, y, BATCH, nn.functional.cross_entropy)
     net.eval()

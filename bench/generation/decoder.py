@@ -146,18 +146,20 @@ def train_decoder(path: Path, feats: torch.Tensor, images_u8: torch.Tensor, mean
     return dec.eval()
 
 
-def run_epoch(dec: FeatureDecoder, opt: torch.optim.Optimizer, feats: torch.Tensor, target: torch.Tensor,
-              batch_size: int) -> float:
-    dec.train()
-    total, order = 0.0, torch.randperm(len(feats))
+def run_epoch(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor, batch_size: int,
+              loss_fn=nn.functional.mse_loss) -> float:
+    """One shuffled pass of minibatch steps on ``loss_fn(net(x), target)``; the mean loss. The fixed classifiers
+    train with it too (cross-entropy)."""
+    net.train()
+    total, order = 0.0, torch.randperm(len(x))
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        loss = nn.functional.mse_loss(dec(feats[idx]), target[idx])
+        loss = loss_fn(net(x[idx]), target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total += float(loss.detach()) * len(idx)
-    return total / len(feats)
+    return total / len(x)
 
 
 def load_decoder_state(path: Path, settings: DecoderSettings | None = None) -> dict:
