@@ -5,8 +5,9 @@ of a teacher that is an EMA of the student (momentum 0.996 -> 1, cosine). Teache
 centred (center momentum 0.9) and sharpened (teacher temperature warmed up linearly 0.04 -> 0.07,
 student 0.1); both together avoid collapse. Multi-crop: 2 global views (the teacher sees only these)
 plus ``n_local_crops`` small local views, all for the student; views of one resolution are batched.
-The DINO head is an MLP (GELU) to an L2-normalised bottleneck and a weight-normalised last layer with
-its gain fixed to 1; that layer is frozen for the first ``freeze_last_layer`` of training.
+The DINO head is an MLP (GELU; BatchNorm too on a convnet, see ``head_bn``) to an L2-normalised bottleneck and a
+weight-normalised last layer with its gain fixed to 1; that layer is frozen for the first ``freeze_last_layer`` of
+training.
 
 Protocols see the **teacher** backbone (the paper evaluates the teacher, which is better throughout
 training, Sec. 5.2 / Fig. 6); ``self.student_backbone`` is the network the optimiser trains. Works with
@@ -16,7 +17,7 @@ and per-parameter gradient clipping at 3.0 (both applied by the loop from the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,11 @@ class DINOConfig:
     out_dim: int = opt(1024, ge=1, le=MAX_DIM)  # K; paper 65536, scaled to the CPU backbones like the widths below
     hidden_dim: int = opt(512, ge=1, le=MAX_DIM)  # paper 2048
     bottleneck_dim: int = opt(128, ge=1, le=MAX_DIM)  # paper 256
-    head_bn: bool = False  # DINO's use_bn_in_head (off by default, also for its ResNet-50 run)
+    # DINO's use_bn_in_head. None: on for a convnet, off for a ViT (DINO's ViT recipe). Without it a convnet's pooled
+    # features (non-negative, one large shared direction) give every image nearly the same head output, so the centred
+    # teacher is uniform from the first steps and stays so (measured: results/quick/README.md); lightly's ResNet
+    # benchmarks put BN in DINO's head too. The record holds the resolved value.
+    head_bn: bool | None = None
     norm_last_layer: bool = True  # fix the last layer's weight-norm gain to 1
     student_temp: float = opt(0.1, gt=0, le=MAX_TEMPERATURE)
     warmup_teacher_temp: float = opt(0.04, gt=0, le=MAX_TEMPERATURE)
@@ -102,6 +107,8 @@ class DINO(Method):
     quick_budget = True
 
     def __init__(self, ctx: Context, cfg: DINOConfig) -> None:
+        if cfg.head_bn is None:
+            cfg = replace(cfg, head_bn=not ctx.backbone.startswith("vit"))
         super().__init__(cfg)
         self.total_steps = ctx.total_steps
         self.student_backbone = ctx.make_backbone()

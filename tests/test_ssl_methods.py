@@ -149,6 +149,17 @@ def test_vit_backbone(name, digits):
 
 # --------------------------------------------------------------------------- EMA
 
+@pytest.mark.parametrize("backbone,args,head_bn,expected", [
+    ("convnet", None, None, True), ("vit", {"depth": 1}, None, False), ("convnet", None, False, False),
+    ("vit", {"depth": 1}, True, True)])
+def test_dino_head_bn_follows_the_backbone_unless_set(backbone, args, head_bn, expected, digits):
+    overrides = {} if head_bn is None else {"head_bn": head_bn}
+    method = build("dino", digits[0], overrides, backbone=backbone, backbone_args=args)
+    assert method.cfg.head_bn is expected  # the resolved value is what the record's method_config shows
+    for head in (method.student_head, method.teacher.target[1]):
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp) is expected
+
+
 
 def test_cosine_momentum_schedule():
     assert cosine_momentum(0.0, 0.996) == pytest.approx(0.996)
