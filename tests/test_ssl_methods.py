@@ -147,8 +147,6 @@ def test_vit_backbone(name, digits):
     assert vit and all(p.grad is not None for p in vit[0].parameters())
 
 
-# --------------------------------------------------------------------------- EMA
-
 @pytest.mark.parametrize("backbone,args,head_bn,expected", [
     ("convnet", None, None, True), ("vit", {"depth": 1}, None, False), ("convnet", None, False, False),
     ("vit", {"depth": 1}, True, True)])
@@ -160,6 +158,7 @@ def test_dino_head_bn_follows_the_backbone_unless_set(backbone, args, head_bn, e
         assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp) is expected
 
 
+# --------------------------------------------------------------------------- EMA
 
 def test_cosine_momentum_schedule():
     assert cosine_momentum(0.0, 0.996) == pytest.approx(0.996)
