@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.commands.values import parse_pairs
 from bench.config import RunConfig
 from bench.core.errors import UsageError
 from bench.data.cache import prepare_matplotlib
@@ -44,7 +46,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--test-per-class", type=int, default=QUICK_TEST_PER_CLASS)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a field of the unified recipe for this curve (lr=0.3, optimizer=lars, clip_grad=1)")
-    p.add_argument("--label", default="", help="a name for this recipe in the CSV (default: the --set values)")
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a field of each method's own config for this curve (n_local_crops=0); one method")
+    p.add_argument("--label", default="", help="a name for this variant in the CSV's recipe column "
+                                                 "(default: the --set and --method-arg values)")
     p.add_argument("--out", default="results/quick", help="folder for budget_curve.csv/.png")
     p.add_argument("--runs", default="/tmp/repbench-budget", help="where the runs' records go")
     p.add_argument("--also", action="append", default=[], metavar="DIR",
@@ -70,13 +75,17 @@ def configs(a: argparse.Namespace) -> list[RunConfig]:
     common = dict(dataset="fashion-mnist", batch_size=a.batch_size, per_class=a.per_class, recipe=recipe,
                   recipe_name=name, test_per_class=a.test_per_class, protocols=METRICS, suite="budget")
     methods = a.methods.split(",")
+    if a.method_arg and len(methods) > 1:
+        raise UsageError("--method-arg changes one method's config: give one method in --methods")
+    method_args = parse_pairs(a.method_arg, "--method-arg")
     floors = sorted({backbone_for(m, "convnet") for m in methods})
     # The floor's encoder as the method builds it (MAE's ViT pools by mean), as the quick suite pairs them.
     out = [RunConfig(method="random", backbone=b, epochs=1, seed=s, backbone_args=FLOOR_BACKBONE_ARGS.get(b, {}), **common)
            for b in floors for s in seeds]
     for m in methods:
         for e in (int(x) for x in a.epochs.split(",")):
-            out += [RunConfig(method=m, backbone=backbone_for(m, "convnet"), epochs=e, seed=s, **common) for s in seeds]
+            out += [RunConfig(method=m, backbone=backbone_for(m, "convnet"), epochs=e, seed=s, method_args=method_args,
+                              **common) for s in seeds]
     return out
 
 
@@ -153,7 +162,8 @@ def also(a: argparse.Namespace) -> list[dict]:
     """Records of other runs (a suite's) at this curve's batch, subset and recipe, for its methods and floors."""
     wanted = {*a.methods.split(","), "random"}
     recipe = recipe_from(a.set)
-    same = dict(batch_size=a.batch_size, per_class=a.per_class, test_per_class=a.test_per_class)
+    same = dict(batch_size=a.batch_size, per_class=a.per_class, test_per_class=a.test_per_class,
+                method_args=parse_pairs(a.method_arg, "--method-arg"))
     return [{**r, "_source": d} for d in a.also for r in load_records(Path(d))
             if r["config"]["method"] in wanted and r.get("recipe_diff_from_unified") == json_like(recipe_diff(recipe))
             and all(r["config"].get(k) == v for k, v in same.items())]
@@ -174,7 +184,7 @@ def main() -> None:
     a = parse()
     records = list(run_many(configs(a), Path(a.runs), Options(reuse=True)).values())
     records += also(a)
-    label = a.label or (",".join(a.set) or "unified")
+    label = a.label or (",".join(a.set + a.method_arg) or "unified")
     df = paired(records, label)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,4 +202,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UsageError as err:
+        sys.exit(print(f"budget_curve.py: {err}", file=sys.stderr) or 2)

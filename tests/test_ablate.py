@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.experiments import SUITES, ablate, ablate_report
+from bench.report import load_records
 from bench.runner import validate
 from methods.base import Batch
 
@@ -43,11 +44,21 @@ def test_smoke_grid_table_has_mean_ci_and_n(cli, tmp_path):
 
 
 @pytest.mark.parametrize("args", [("--grid", "simclr-haed"), ("--grid", "smoke", "--seeds", "2"),
-                                  ("--grid", "smoke", "--tuned", "/nonexistent/dir")])
+                                  ("--grid", "smoke", "--tuned", "/nonexistent/dir"),
+                                  ("--grid", "smoke", "--backbone", "vitt"),
+                                  ("--method", "simclr", "--vary", "method.temperature=0.1,0.2", "--backbone", "vit")])
 def test_bad_input_one_line(cli, tmp_path, args):
     code, _, err = cli("ablate", *args, "--out", tmp_path / "o")
     assert code == 2 and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_backbone_flag_runs_a_built_in_grid_on_that_backbone(cli, tmp_path):
+    code, _, err = cli("ablate", "--grid", "smoke", "--seeds", 3, "--backbone", "vit", "--out", tmp_path)
+    assert code == 0, err
+    backbones = {r["config"]["backbone"] for r in load_records(tmp_path / "runs")}
+    assert backbones == {"vit"}
+    assert "--backbone vit" in (tmp_path / "smoke" / "table.md").read_text()
 
 
 def test_unknown_grid_suggests():

@@ -37,11 +37,13 @@ from methods.spec import UNIFIED_RECIPE
 
 
 def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", data_root: str | None = None,
-                 tuned_runs: Path | None = None, log: Callable[[str], None] | None = None, jobs: int = 1) -> str:
+                 tuned_runs: Path | None = None, log: Callable[[str], None] | None = None, jobs: int = 1,
+                 backbone: str | None = None) -> str:
     check_seeds(seeds)
     if scale_name not in SCALES:
         raise UsageError(f"unknown scale {scale_name!r}; choose one of {', '.join(SCALES)}")
     scale = SCALES["smoke"] if name == "smoke" else SCALES[scale_name]
+    scale = replace(scale, backbone=backbone) if backbone else scale
     grids = build(name, scale)
     if not any(g.cells for g in grids):
         raise UsageError(f"grid {name!r} has no runnable cell: {'; '.join(n for g in grids for n in g.notes)}")
@@ -51,6 +53,7 @@ def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", da
     records = run_many(seeded(grids, seeds), out, Options(data_root=data_root, reuse=True, keep_going=True), jobs, log)
     command = f"repbench ablate --grid {name} --seeds {seeds} --scale {scale_name}"
     command += f" --tuned {tuned_runs}" if tuned_runs else ""
+    command += f" --backbone {backbone}" if backbone else ""
     parts = [write_grid_report(g, runs_frame(g, seeds, records), out, scale, tuned, tuned_notes, command)
              for g in grids if g.cells]
     text = "\n".join(parts)
