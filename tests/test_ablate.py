@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.experiments import SUITES, ablate, ablate_report
+from bench.experiments import SUITES, ablate, ablate_report, ablate_signals
 from bench.report import load_records
 from bench.runner import validate
 from methods.base import Batch
@@ -36,6 +36,9 @@ def test_smoke_grid_table_has_mean_ci_and_n(cli, tmp_path):
     runs = pd.read_csv(tmp_path / "smoke" / "runs.csv")
     assert sorted(runs["seed"].unique()) == [0, 1, 2] and runs["value"].between(0, 1).all()
     assert (tmp_path / "smoke" / "smoke.png").read_bytes()[:4] == b"\x89PNG"
+    signals = pd.read_csv(tmp_path / "smoke" / "signals.csv")
+    assert len(signals) == 6 and signals["embed_std_ratio"].between(0, 2).all() and (signals["epoch"] == 1).all()
+    assert "### Collapse signals" in md
     # A second call reads the records back instead of training again.
     records = sorted((tmp_path / "runs").rglob("record.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
@@ -59,6 +62,18 @@ def test_backbone_flag_runs_a_built_in_grid_on_that_backbone(cli, tmp_path):
     backbones = {r["config"]["backbone"] for r in load_records(tmp_path / "runs")}
     assert backbones == {"vit"}
     assert "--backbone vit" in (tmp_path / "smoke" / "table.md").read_text()
+
+
+def test_signals_table_pairs_each_cell_with_the_methods_first():
+    rows = [("paper", 0, "ok", 0.80), ("paper", 1, "ok", 0.90), ("paper", 2, "ok", 0.85),
+            ("ablated", 0, "collapsed", 0.10), ("ablated", 1, "ok", 0.30), ("ablated", 2, "collapsed", 0.05)]
+    frame = pd.DataFrame([{"method": "m", "cell": c, "seed": s, "status": st, "embed_std_ratio": v, "loss": None}
+                          for c, s, st, v in rows])
+    md = ablate_signals.signals_markdown(frame)
+    paper, ablated = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if "| m " in line]
+    assert paper == ["m", "paper", "0", "0.85"]
+    # ablated - paper per seed: -0.7, -0.6, -0.8, mean -0.7; flagged counts the collapsed runs; loss has no values
+    assert ablated[:3] == ["m", "ablated", "2"] and ablated[3].startswith("0.15 (-0.7 [") and "loss" not in md
 
 
 def test_unknown_grid_suggests():

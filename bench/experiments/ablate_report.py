@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.core.errors import UsageError
 from bench.experiments.ablate import COMPOSITES, Grid, build, check_seeds, seeded
+from bench.experiments.ablate_signals import signals_frame, signals_markdown
 from bench.experiments.scales import SCALES, Scale, backbone_for, metric_of
 from bench.report import aggregate, flatten, load_records
 from bench.report import markdown as report_markdown
@@ -55,7 +56,7 @@ def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", da
     command += f" --tuned {tuned_runs}" if tuned_runs else ""
     command += f" --backbone {backbone}" if backbone else ""
     parts = [write_grid_report(g, runs_frame(g, seeds, records), out, scale, tuned, tuned_notes, command)
-             for g in grids if g.cells]
+             + signals_section(runs_frame(g, seeds, records), records, Path(out) / g.name) for g in grids if g.cells]
     text = "\n".join(parts)
     if name in COMPOSITES:
         atomic_write_bytes(Path(out) / f"{name}.md", text.encode())
@@ -71,7 +72,8 @@ def run_user_grid(grid: Grid, seeds: int, out: Path, scale: Scale, data_root: st
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     records = run_many(seeded([grid], seeds), out, Options(data_root=data_root, reuse=True, keep_going=True), jobs, log)
-    text = write_grid_report(grid, runs_frame(grid, seeds, records), out, scale, command=command)
+    runs = runs_frame(grid, seeds, records)
+    text = write_grid_report(grid, runs, out, scale, command=command) + signals_section(runs, records, Path(out) / grid.name)
     by_cell = [{**records[replace(c.config, seed=s).run_id()], "cell": c.label} for c in grid.cells for s in range(seeds)]
     text += protocols_section(by_cell, Path(out) / grid.name)
     log(f"{len(records)} run(s) in {time.perf_counter() - t0:.0f} s; tables under {Path(out) / grid.name}")
@@ -83,6 +85,17 @@ def protocols_section(records: list[dict[str, Any]], gdir: Path) -> str:
     df = flatten(records).assign(variant=[r["cell"] for r in records])
     body = ("\n### Every protocol\n\nMean ± 95% CI (t-interval) over seeds per cell; seeds: scored / run.\n\n"
             + report_markdown(aggregate(df)) + "\n")
+    atomic_write_bytes(gdir / "table.md", ((gdir / "table.md").read_text() + body).encode())
+    return body
+
+
+def signals_section(runs: pd.DataFrame, records: dict[str, dict[str, Any]], gdir: Path) -> str:
+    """signals.csv beside runs.csv, and the collapse signals per cell appended to table.md."""
+    frame = signals_frame(runs, records)
+    atomic_write_bytes(gdir / "signals.csv", frame.to_csv(index=False).encode())
+    body = ("\n### Collapse signals\n\nEach run's last recorded epoch (bench/collapse.py; per run in signals.csv): "
+            "mean over seeds, and in brackets the paired difference from the method's first cell with its 95% "
+            "t-interval. flagged: runs the watchdog stopped as collapsed.\n\n" + signals_markdown(frame) + "\n")
     atomic_write_bytes(gdir / "table.md", ((gdir / "table.md").read_text() + body).encode())
     return body
 
