@@ -55,8 +55,9 @@ def run_ablation(name: str, seeds: int, out: Path, scale_name: str = "quick", da
     command = f"repbench ablate --grid {name} --seeds {seeds} --scale {scale_name}"
     command += f" --tuned {tuned_runs}" if tuned_runs else ""
     command += f" --backbone {backbone}" if backbone else ""
-    parts = [write_grid_report(g, runs_frame(g, seeds, records), out, scale, tuned, tuned_notes, command)
-             + signals_section(runs_frame(g, seeds, records), records, Path(out) / g.name) for g in grids if g.cells]
+    frames = [(g, runs_frame(g, seeds, records)) for g in grids if g.cells]
+    parts = [write_grid_report(g, runs, out, scale, tuned, tuned_notes, command)
+             + signals_section(runs, records, Path(out) / g.name) for g, runs in frames]
     text = "\n".join(parts)
     if name in COMPOSITES:
         atomic_write_bytes(Path(out) / f"{name}.md", text.encode())
@@ -95,7 +96,7 @@ def signals_section(runs: pd.DataFrame, records: dict[str, dict[str, Any]], gdir
     atomic_write_bytes(gdir / "signals.csv", frame.to_csv(index=False).encode())
     body = ("\n### Collapse signals\n\nEach run's last recorded epoch (bench/collapse.py; per run in signals.csv): "
             "mean over seeds, and in brackets the paired difference from the method's first cell with its 95% "
-            "t-interval. flagged: runs the watchdog stopped as collapsed.\n\n" + signals_markdown(frame) + "\n")
+            f"interval (t; BCa from {MIN_BCA_SEEDS} pairs). flagged: runs the watchdog stopped as collapsed.\n\n" + signals_markdown(frame) + "\n")
     atomic_write_bytes(gdir / "table.md", ((gdir / "table.md").read_text() + body).encode())
     return body
 
