@@ -173,7 +173,7 @@ def first_pass(df: pd.DataFrame) -> pd.DataFrame:
     """Per method: the fewest measured steps at which every metric's interval lies above 0, or the most measured."""
     out = []
     for (recipe, method), g in df.groupby(["recipe", "method"]):
-        wide = g.pivot_table(index="steps", columns="metric", values="lo").sort_index()
+        wide = g.pivot_table(index="steps", columns="metric", values="lo", dropna=False).sort_index()
         ok = wide[(wide > 0).all(axis=1) & (wide.notna().all(axis=1))]
         out.append({"recipe": recipe, "method": method, "steps_measured": ",".join(str(int(x)) for x in wide.index),
                     "passes_at": f"{int(ok.index[0])} steps" if len(ok) else f"not by {int(wide.index.max())} steps"})
