@@ -53,7 +53,8 @@ def _is_object(value: object) -> bool:
     return isinstance(value, dict)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """A JSON number: an int or float, never a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -89,7 +90,7 @@ def _check_columns(path: Path, rec: dict, columns: tuple[str, ...]) -> None:
         for col in columns:
             kpat, field = col.rsplit(".", 1)
             value = entry.get(field)
-            if value is not None and not _is_number(value) and fnmatch.fnmatch(key, kpat):
+            if value is not None and not is_number(value) and fnmatch.fnmatch(key, kpat):
                 raise UsageError(f"{path} is not a repbench record (metrics.{key}.{field} is {_json_type(value)}, "
                                  "not a number); delete it or move it out of --runs")
 

@@ -96,7 +96,8 @@ def signals_section(runs: pd.DataFrame, records: dict[str, dict[str, Any]], gdir
     atomic_write_bytes(gdir / "signals.csv", frame.to_csv(index=False).encode())
     body = ("\n### Collapse signals\n\nEach run's last recorded epoch (bench/collapse.py; per run in signals.csv): "
             "mean over seeds, and in brackets the paired difference from the method's first cell with its 95% "
-            f"interval (t; BCa from {MIN_BCA_SEEDS} pairs). flagged: runs the watchdog stopped as collapsed.\n\n" + signals_markdown(frame) + "\n")
+            f"interval (t; BCa from {MIN_BCA_SEEDS} pairs). flagged: runs the watchdog stopped as collapsed.\n\n"
+            + signals_markdown(frame) + "\n")
     atomic_write_bytes(gdir / "table.md", ((gdir / "table.md").read_text() + body).encode())
     return body
 

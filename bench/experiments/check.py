@@ -20,6 +20,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.core.errors import UsageError
+from bench.records import is_number
 from bench.runner import Options, run_many
 from bench.store import REPO_ROOT, jsonable, provenance, read_json
 from methods import METHODS
@@ -69,7 +70,7 @@ class Tolerance:
             return True
         if isinstance(base, list) and isinstance(now, list):  # per-draw / per-restart values: element by element
             return len(base) == len(now) and all(self.allows(b, n) for b, n in zip(base, now, strict=True))
-        if _is_number(base) and _is_number(now):
+        if is_number(base) and is_number(now):
             if math.isnan(base) or math.isnan(now):
                 return False
             return abs(now - base) <= self.abs + self.rel * abs(base)
@@ -95,10 +96,6 @@ def tolerance_for(metric: str) -> Tolerance:
         if fnmatch.fnmatchcase(metric, pattern):
             return tol
     return EXACT
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # --------------------------------------------------------------------------- records -> flat metrics

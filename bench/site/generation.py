@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from bench.generation.pipeline import RESULT_FILE
+from bench.records import is_number
 from bench.site.html import cell, esc, key_values, num, table
 
 # (label, path into generation.json): the index table's metric columns; the run page shows these and more, as
@@ -69,11 +70,7 @@ def index_table(rows: list[tuple[str, dict]]) -> str:
         vals = [(field(result, keys), 100 if label in PERCENT else 1) for label, keys in COLUMNS]
         body.append(cell(f'<a href="{esc(page)}">{esc(result.get("method", "-"))}</a>') + cell(esc(result.get("backbone", "-")))
                     + cell(esc(result.get("seed", "-")), result.get("seed"), "num")
-                    + "".join(cell(num(v, scale, 1 if scale != 1 else 4), v if _number(v) else None, "num")
+                    + "".join(cell(num(v, scale, 1 if scale != 1 else 4), v if is_number(v) else None, "num")
                               for v, scale in vals))
     headers = [label + (" %" if label in PERCENT else "") for label, _ in COLUMNS]
     return table(["method", "backbone", "seed", *headers], body, "generation", sortable=True)
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
