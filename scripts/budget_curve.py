@@ -162,11 +162,12 @@ def also(a: argparse.Namespace) -> list[dict]:
     """Records of other runs (a suite's) at this curve's batch, subset and recipe, for its methods and floors."""
     wanted = {*a.methods.split(","), "random"}
     recipe = recipe_from(a.set)
-    same = dict(batch_size=a.batch_size, per_class=a.per_class, test_per_class=a.test_per_class,
-                method_args=parse_pairs(a.method_arg, "--method-arg"))
+    same = dict(batch_size=a.batch_size, per_class=a.per_class, test_per_class=a.test_per_class)
+    method_args = parse_pairs(a.method_arg, "--method-arg")  # the variant's; the floors (random) have none
     return [{**r, "_source": d} for d in a.also for r in load_records(Path(d))
             if r["config"]["method"] in wanted and r.get("recipe_diff_from_unified") == json_like(recipe_diff(recipe))
-            and all(r["config"].get(k) == v for k, v in same.items())]
+            and all(r["config"].get(k) == v for k, v in same.items())
+            and r["config"].get("method_args", {}) == ({} if r["config"]["method"] == "random" else method_args)]
 
 
 def first_pass(df: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +184,8 @@ def first_pass(df: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     a = parse()
     records = list(run_many(configs(a), Path(a.runs), Options(reuse=True)).values())
-    records += also(a)
+    ran = {r.get("run_id") for r in records}
+    records += [r for r in also(a) if r.get("run_id") not in ran]  # an --also folder may hold this curve's own runs
     label = a.label or (",".join(a.set + a.method_arg) or "unified")
     df = paired(records, label)
     out = Path(a.out)
