@@ -39,12 +39,12 @@ def signals_markdown(frame: pd.DataFrame) -> str:
         return "(no run recorded collapse signals)"
     rows = []
     for method, g in frame.groupby("method", sort=False):
-        cells = list(dict.fromkeys(g["cell"]))
-        by_seed = {c: gc.set_index("seed") for c, gc in g.groupby("cell", sort=False)}
-        for c in cells:
-            row = {"method": method, "cell": c, "flagged": int((by_seed[c]["status"] == "collapsed").sum())}
+        by_seed = {c: gc.set_index("seed") for c, gc in g.groupby("cell", sort=False)}  # in grid order
+        first = next(iter(by_seed))
+        for c, runs in by_seed.items():
+            row = {"method": method, "cell": c, "flagged": int((runs["status"] == "collapsed").sum())}
             for k in shown:
-                row[k] = _mean_and_difference(by_seed[c][k], by_seed[cells[0]][k], c == cells[0])
+                row[k] = _mean_and_difference(runs[k], by_seed[first][k], c == first)
             rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False)
 
