@@ -5,6 +5,11 @@
   outputs: DINO's *centred* teacher output stays spread when every raw output equals the center (uniform collapse).
 - ``effective_rank``: exp of the entropy of the normalised singular values of the L2-normalised, centred outputs (Roy & Vetterli
   2007); recorded, not used in the verdict (a low rank is dimensional collapse, which still trains).
+- ``feature_std_ratio`` and ``feature_effective_rank``: the same two on the backbone's features, what the protocols
+  score. A head that ends in BatchNorm (SimSiam, MoCo v3) rescales every output dimension to unit variance over the
+  batch, so its outputs can read as spread while the features under it shrink onto a few directions. Recorded, not
+  used in the verdict: features after a ReLU share a large common direction, so their level is not comparable
+  across backbones, only between cells of one grid.
 - For methods with softmax outputs (DINO, Caron et al. 2021, Sec. 5.3 and Fig. 7): the mean entropy of the teacher's
   distributions, the entropy of their batch mean, and KL(teacher || student). The cross-entropy DINO minimises is
   h(P_t) + KL(P_t || P_s); Fig. 7 shows the two collapses: with centering only the teacher entropy climbs to its
@@ -66,10 +71,13 @@ def kl_divergence(teacher: torch.Tensor, student: torch.Tensor) -> float:
 
 
 def signals(outputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """The signals of a method's ``collapse_outputs``: always ``embedding`` (N, D); for DINO-like methods also
-    ``teacher_probs`` and ``student_probs`` (N, K)."""
+    """The signals of a method's ``collapse_outputs``: always ``embedding`` (N, D); optionally the backbone's
+    ``features`` (N, F); for DINO-like methods also ``teacher_probs`` and ``student_probs`` (N, K)."""
     z = outputs["embedding"]
     out = {"embed_std_ratio": round(std_ratio(z), 4), "effective_rank": round(effective_rank(z), 2)}
+    if "features" in outputs:
+        h = outputs["features"]
+        out |= {"feature_std_ratio": round(std_ratio(h), 4), "feature_effective_rank": round(effective_rank(h), 2)}
     if "teacher_probs" in outputs:
         t = outputs["teacher_probs"]
         out |= {"teacher_entropy": round(entropy(t), 4), "teacher_batch_entropy": round(batch_entropy(t), 4),

@@ -82,10 +82,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
-    """The collapse signals (bench/collapse.py) of the method's ``collapse_outputs`` on the probe, in eval mode."""
+    """The collapse signals (bench/collapse.py) of the method's ``collapse_outputs`` and of its backbone's features
+    on the probe, in eval mode."""
     was = method.training
     method.eval()
-    outputs = method.collapse_outputs(probe)
+    outputs = {**method.collapse_outputs(probe), "features": method.encoder(probe)}
     method.train(was)
     return collapse.signals(outputs)
 

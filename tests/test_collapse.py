@@ -123,3 +123,21 @@ def test_a_collapsed_epoch_stops_training_with_its_reason(tmp_path):
     assert state.status == "collapsed" and len(state.history) == 2  # seen at two epoch ends, stopped at the second
     assert state.status_detail["reason"].startswith("one-hot") and state.status_detail["epoch"] == 2
     assert state.status_detail["teacher_entropy"] == 0
+
+
+def test_features_shrinking_under_a_batchnorm_head_show_in_the_feature_signals():
+    # Features at one point, varying along one other direction plus round-off; an affine-free BN rescales the head's
+    # output back to unit variance, so the head reads spread (its outputs fall on +-one vector).
+    direction, other = torch.randn(2, 1, D)
+    features = direction + 1e-3 * torch.randn(N, 1) * other + 1e-7 * torch.randn(N, D)
+    head = torch.nn.BatchNorm1d(D, affine=False)(features @ torch.randn(D, D))
+    sig = collapse.signals({"embedding": head, "features": features})
+    assert sig["embed_std_ratio"] > 0.5 and sig["feature_std_ratio"] < 0.01
+    assert sig["feature_effective_rank"] < 2 and not collapse.verdict(sig, sig)[0]  # recorded, not a verdict
+
+
+def test_training_records_the_backbone_feature_signals_per_epoch(tmp_path):
+    trainer = _trainer(tmp_path, "simsiam", stop_gradient=False)
+    entry = trainer.fit().history[-1]
+    assert 0 < entry["feature_std_ratio"] and 1 <= entry["feature_effective_rank"] <= trainer.method.encoder.feature_dim
+    assert entry == {**entry, **collapse_stats(trainer.method, trainer.probe)}

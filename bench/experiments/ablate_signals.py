@@ -15,8 +15,8 @@ import pandas as pd
 
 from bench.stats import difference
 
-SIGNALS = ("loss", "embed_std_ratio", "effective_rank", "teacher_entropy", "teacher_batch_entropy",
-           "kl_teacher_student")
+SIGNALS = ("loss", "embed_std_ratio", "effective_rank", "feature_std_ratio", "feature_effective_rank",
+           "teacher_entropy", "teacher_batch_entropy", "kl_teacher_student")
 
 
 def signals_frame(runs: pd.DataFrame, records: dict[str, dict[str, Any]]) -> pd.DataFrame:

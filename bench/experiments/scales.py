@@ -32,6 +32,8 @@ SCALES = {
     # The collapse ablations (SimSiam stop-gradient, BYOL predictor, DINO centering / sharpening): the quick data,
     # 4x its epochs (360 steps); the committed quick runs (96 steps) ended with the collapsing cells still spread.
     "collapse": Scale("collapse", "fashion-mnist", 100, 100, epochs=24, batch_size=64),
+    # 10x collapse (3600 steps): SimSiam without stop-gradient and BYOL without predictor were still spread at 360.
+    "collapse-long": Scale("collapse-long", "fashion-mnist", 100, 100, epochs=240, batch_size=64),
 }
 
 
