@@ -139,5 +139,5 @@ def test_features_shrinking_under_a_batchnorm_head_show_in_the_feature_signals()
 def test_training_records_the_backbone_feature_signals_per_epoch(tmp_path):
     trainer = _trainer(tmp_path, "simsiam", stop_gradient=False)
     entry = trainer.fit().history[-1]
-    assert 0 < entry["feature_std_ratio"] and 1 <= entry["feature_effective_rank"] <= trainer.method.encoder.feature_dim
+    assert entry["feature_std_ratio"] > 0 and 1 <= entry["feature_effective_rank"] <= trainer.method.encoder.feature_dim
     assert entry == {**entry, **collapse_stats(trainer.method, trainer.probe)}
