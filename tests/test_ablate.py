@@ -182,6 +182,15 @@ def _method(name: str, **args):
     return cls(ctx, cls.Config(**args))
 
 
+@pytest.mark.parametrize("name", sorted(ablate.SCALES))
+def test_every_scale_builds_a_paper_grid_at_its_own_budget(name):
+    scale = ablate.SCALES[name]
+    configs = [c.config for c in ablate.build("simsiam-stopgrad", scale)[0].cells]
+    assert {(c.dataset, c.epochs, c.batch_size, c.per_class) for c in configs} == \
+        {(scale.dataset, scale.epochs, scale.batch_size, scale.per_class)}
+    assert len({c.run_id() for c in configs}) == len(configs)
+
+
 def test_collapse_grids_set_their_knobs():
     scale = ablate.SCALES["collapse"]
     simsiam = {c.label: c.config for c in ablate.build("simsiam-stopgrad", scale)[0].cells}
