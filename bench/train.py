@@ -86,9 +86,7 @@ def collapse_stats(method: Method, probe: torch.Tensor) -> dict[str, float]:
     on the probe, in eval mode."""
     was = method.training
     method.eval()
-    outputs = method.collapse_outputs(probe)
-    if "features" not in outputs:
-        outputs = {**outputs, "features": method.encoder(probe)}
+    outputs = {**method.collapse_outputs(probe), "features": method.encoder(probe)}
     method.train(was)
     return collapse.signals(outputs)
 

@@ -117,9 +117,8 @@ class Method(nn.Module):
 
     def collapse_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the collapse watchdog measures (bench/collapse.py): ``embedding`` (N, D), the raw output the loss
-        sees (``embed``); optionally ``features`` (N, F), the encoder's output, when computed on the way (else the
-        harness runs the encoder); a method with softmax targets adds ``teacher_probs`` and ``student_probs`` (N, K)
-        as its loss forms them."""
+        sees (``embed``); a method with softmax targets adds ``teacher_probs`` and ``student_probs`` (N, K) as its
+        loss forms them."""
         return {"embedding": self.embed(images)}
 
     def extra_metrics(self, test_images: torch.Tensor) -> dict[str, dict[str, Any]]:
